@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv and installs xfd into it
+# on first use (pip's own cache, outside the repo, makes later installs fast).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Caches outside the repository survive clean clones (DeepSpeed compiles a small op on first CPU run).
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/xfd/torch_extensions
+export DS_ACCELERATOR ?= cpu
+
+.PHONY: demo test bench install clean-venv
+
+$(VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m xfd.cli.demo $(DEMO_ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) bench/shard.py
+
+clean-venv:
+	rm -rf $(VENV)
