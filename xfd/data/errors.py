@@ -1,0 +1,47 @@
+"""Errors for bad input data, and the record of what `--on-error skip` skipped.
+
+Every problem names the file (or tracklet) and the rule it broke. Under the default policy (`raise`) the first
+problem stops the run; under `skip` the offending tracklet is left out, counted and listed in the manifest, so
+nothing is ever lost silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class DataError(ValueError):
+    """A problem with an input item: `item` names the file or tracklet, `rule` says what is wrong."""
+
+    def __init__(self, item: str, rule: str):
+        super().__init__(f"{item}: {rule}")
+        self.item = str(item)
+        self.rule = rule
+
+
+ON_ERROR_POLICIES = ("raise", "skip")
+
+
+@dataclass
+class SkipLog:
+    """Items left out under `--on-error skip`; written into the manifest."""
+
+    policy: str = "raise"
+    skipped: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.policy not in ON_ERROR_POLICIES:
+            raise ValueError(f"on-error policy must be one of {ON_ERROR_POLICIES}, got {self.policy!r}")
+
+    def handle(self, error: DataError) -> None:
+        """Re-raise under `raise`; record and continue under `skip`."""
+        if self.policy == "raise":
+            raise error
+        self.skipped.append({"item": error.item, "rule": error.rule})
+
+    def extend(self, other: "SkipLog") -> None:
+        self.skipped.extend(other.skipped)
+
+    def as_manifest(self) -> dict:
+        ordered = sorted(self.skipped, key=lambda entry: (entry["item"], entry["rule"]))
+        return {"policy": self.policy, "count": len(ordered), "items": ordered}
