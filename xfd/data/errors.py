@@ -33,15 +33,15 @@ class SkipLog:
         if self.policy not in ON_ERROR_POLICIES:
             raise ValueError(f"on-error policy must be one of {ON_ERROR_POLICIES}, got {self.policy!r}")
 
-    def handle(self, error: DataError) -> None:
-        """Re-raise under `raise`; record and continue under `skip`."""
+    def handle(self, error: DataError, split: str | None = None) -> None:
+        """Re-raise under `raise`; record (with the split it came from, when known) and continue under `skip`."""
         if self.policy == "raise":
             raise error
-        self.skipped.append({"item": error.item, "rule": error.rule})
+        self.skipped.append({"item": error.item, "rule": error.rule, "split": split})
 
-    def extend(self, other: "SkipLog") -> None:
-        self.skipped.extend(other.skipped)
+    def for_split(self, split: str) -> list[dict]:
+        return [record for record in self.skipped if record["split"] == split]
 
     def as_manifest(self) -> dict:
-        ordered = sorted(self.skipped, key=lambda entry: (entry["item"], entry["rule"]))
+        ordered = sorted(self.skipped, key=lambda entry: (str(entry["split"]), entry["item"], entry["rule"]))
         return {"policy": self.policy, "count": len(ordered), "items": ordered}

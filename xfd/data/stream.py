@@ -1,0 +1,137 @@
+"""Reading shard sets: a WebDataset stream of tracklets, each with L sampled encoded JPEG frames.
+
+Evaluation mode is one ordered pass: shards split by global rank, then by DataLoader worker, so that every
+sample is read exactly once across all ranks and workers. Training mode resamples shards (with replacement,
+seeded by seed/rank/worker, so runs repeat), shuffles samples in a buffer and samples frames at random within
+chunks. Frames stay encoded: decoding and augmentation belong to the DALI pipeline downstream.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch.utils.data
+import webdataset as wds
+
+from .errors import DataError
+from .sampling import evenly_spaced_indices, restricted_random_indices
+from .shard import MANIFEST_NAME
+
+MODES = ("train", "eval")
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_FRAME_EXTENSION = re.compile(r"^\d{4,}\.jpg$")
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How to read one shard set."""
+
+    num_frames: int = 16
+    mode: str = "eval"
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    shuffle_buffer: int = 256  # samples; training mode only
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.num_frames < 1:
+            raise ValueError("num_frames must be >= 1")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} outside world of size {self.world_size}")
+
+
+def shard_set_urls(folder: str | Path) -> list[str]:
+    """Shard paths of a complete shard set, in manifest order."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise DataError(str(folder), f"not a shard set (no {MANIFEST_NAME}); run xfd-shard first")
+    manifest = json.loads(manifest_path.read_text())
+    if not manifest.get("complete"):
+        raise DataError(str(manifest_path), "shard set is incomplete (an interrupted run): use xfd-shard --resume")
+    if not manifest["shards"]:
+        raise DataError(str(manifest_path), "shard set is empty")
+    return [str(folder / entry["name"]) for entry in manifest["shards"]]
+
+
+def _split_by_rank(urls, rank: int, world_size: int):
+    """Shard i goes to rank i mod world_size (the global rank, so nothing assumes a single node)."""
+    for index, url in enumerate(urls):
+        if index % world_size == rank:
+            yield url
+
+
+def _worker() -> tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def parse_tracklet_sample(sample: dict) -> tuple[str, dict, list[bytes]]:
+    """(key, metadata, stored frames in order) from a raw WebDataset sample; errors name shard and key."""
+    key, url = sample.get("__key__", ""), sample.get("__url__", "?")
+    where = f"{url} [{key}]"
+    if not _SAFE_KEY.match(key):
+        raise DataError(where, "unsafe or malformed sample key (absolute path, '..' or folder in member name)")
+    if "json" not in sample:
+        raise DataError(where, "sample has no .json metadata member")
+    extensions = sorted(ext for ext in sample if not ext.startswith("__") and ext != "json")
+    if any(not _FRAME_EXTENSION.match(ext) for ext in extensions):
+        raise DataError(where, f"unexpected members {[e for e in extensions if not _FRAME_EXTENSION.match(e)]}")
+    meta = json.loads(sample["json"])
+    if not extensions or len(extensions) != len(meta.get("frame_names", [])):
+        raise DataError(where, f"{len(extensions)} frames stored but the metadata lists {len(meta.get('frame_names', []))}")
+    return key, meta, [sample[ext] for ext in extensions]
+
+
+def _select_frames(options: StreamOptions):
+    """Pipeline stage: raw samples → tracklets with `num_frames` encoded frames each."""
+
+    def stage(samples):
+        worker, num_workers = _worker()
+        rng = np.random.default_rng([options.seed, options.rank, worker, num_workers])
+        for sample in samples:
+            key, meta, frames = parse_tracklet_sample(sample)
+            if options.mode == "train":
+                indices = restricted_random_indices(len(frames), options.num_frames, rng)
+            else:
+                indices = evenly_spaced_indices(len(frames), options.num_frames)
+            yield {
+                "key": key,
+                "meta": meta,
+                "frames": [frames[i] for i in indices],  # L encoded JPEGs
+                "frame_indices": indices,
+                "url": sample["__url__"],
+            }
+
+    return stage
+
+
+def tracklet_stream(folder: str | Path, options: StreamOptions = StreamOptions()) -> wds.DataPipeline:
+    """An IterableDataset of tracklets from the shard set in `folder` (use with a DataLoader, batch_size=None)."""
+    urls = shard_set_urls(folder)
+    if options.mode == "eval":
+        stages = [
+            wds.SimpleShardList(urls),
+            functools.partial(_split_by_rank, rank=options.rank, world_size=options.world_size),
+            wds.split_by_worker,
+            wds.tarfile_to_samples(),
+        ]
+    else:
+        def worker_seed() -> int:
+            worker, num_workers = _worker()
+            return (options.rank * 1_000_003 + worker) * 7919 + num_workers
+
+        stages = [
+            wds.ResampledShards(urls, seed=options.seed, worker_seed=worker_seed, deterministic=True),
+            wds.tarfile_to_samples(),
+            wds.shuffle(options.shuffle_buffer, initial=options.shuffle_buffer,
+                        seed=options.seed * 1_000_003 + options.rank),
+        ]
+    return wds.DataPipeline(*stages, _select_frames(options))
