@@ -8,10 +8,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
+
+
+# Temporaries of atomic_output: ".<final name>.<random>.tmp" beside the final file.
+_TEMPORARY = re.compile(r"^\..+\.tmp$")
+
+
+def remove_temporaries(folder: str | os.PathLike) -> int:
+    """Delete what atomic writes of a killed process left in `folder`; return how many were removed."""
+    removed = 0
+    for path in Path(folder).iterdir():
+        if _TEMPORARY.match(path.name) and path.is_file():
+            path.unlink()
+            removed += 1
+    return removed
 
 
 @contextmanager

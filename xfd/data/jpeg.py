@@ -1,9 +1,18 @@
 """JPEG validity checks.
 
-`check_jpeg_structure` walks the marker segments (SOI, headers up to SOS, EOI at the end) without decoding:
-fast enough to run on every frame while sharding, and it catches truncated files, non-JPEG bytes and broken
-headers. `check_jpeg_decodes` fully decodes with Pillow (used by `xfd-shard --verify`), which also catches
-corrupt entropy-coded data.
+`check_jpeg_structure` walks the whole file without decoding: SOI, the header segments (lengths inside the
+file, a frame header before the first scan), then every entropy-coded scan — each 0xFF byte there must be
+stuffing (FF 00), a restart marker in sequence (RST0..RST7, only when a restart interval is defined), or a
+marker between progressive scans — and finally EOI as the last bytes. It runs on every frame while sharding and
+catches truncated files, non-JPEG bytes, broken headers, concatenated or spliced files and garbage markers in
+scan data.
+
+`check_jpeg_decodes` adds a full decode with Pillow (used by `xfd-shard --verify`) and compares the decoded
+size with the frame header.
+
+Limit: JPEG carries no checksum. Damage that leaves the entropy-coded data syntactically valid (flipped bits,
+zeroed runs) decodes into a damaged picture that no decoder reports — libjpeg only warns. Shards therefore
+record a sha256 each, which catches any change after sharding.
 """
 
 from __future__ import annotations
@@ -15,47 +24,81 @@ from PIL import Image
 
 from .errors import DataError
 
-_SOI = b"\xff\xd8"
-_EOI = b"\xff\xd9"
-# Markers without a length field (RSTn, TEM) that may appear before SOS.
-_STANDALONE = {0x01} | set(range(0xD0, 0xD8))
+_SOI, _EOI = 0xD8, 0xD9
+_SOS, _DRI = 0xDA, 0xDD
+_RST = range(0xD0, 0xD8)
 _START_OF_FRAME = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def check_jpeg_structure(data: bytes, item: str) -> None:
-    """Raise DataError unless `data` is a structurally complete baseline/progressive JPEG."""
-    if len(data) < 4 or data[:2] != _SOI:
+def _segment_length(data: bytes, position: int, item: str) -> int:
+    if position + 4 > len(data):
+        raise DataError(item, f"truncated JPEG (segment header at byte {position} cut off)")
+    length = int.from_bytes(data[position + 2 : position + 4], "big")
+    if length < 2 or position + 2 + length > len(data):
+        raise DataError(item, f"corrupt JPEG (segment at byte {position} runs past the end)")
+    return length
+
+
+def _frame_size(data: bytes, position: int) -> tuple[int, int]:
+    """(width, height) from a SOFn segment starting at `position`."""
+    height = int.from_bytes(data[position + 5 : position + 7], "big")
+    width = int.from_bytes(data[position + 7 : position + 9], "big")
+    return width, height
+
+
+def check_jpeg_structure(data: bytes, item: str) -> tuple[int, int]:
+    """Raise DataError unless `data` is a structurally complete JPEG; return (width, height) from its header."""
+    if len(data) < 4 or data[0] != 0xFF or data[1] != _SOI:
         raise DataError(item, "not a JPEG (missing SOI marker)")
-    if not data.rstrip(b"\x00")[-2:] == _EOI:
+    if data[-2:] != b"\xff\xd9":
         raise DataError(item, "truncated JPEG (missing EOI marker at end)")
-    position, seen_frame_header = 2, False
+    position, size, restart_interval = 2, None, 0
+    in_scan, next_restart = False, 0
     while True:
-        if position + 4 > len(data) or data[position] != 0xFF:
-            raise DataError(item, f"corrupt JPEG (bad marker at byte {position})")
+        if in_scan:
+            position = data.find(b"\xff", position)
+            if position < 0 or position + 1 >= len(data):
+                raise DataError(item, "truncated JPEG (scan data without EOI)")
+        if data[position] != 0xFF:
+            raise DataError(item, f"corrupt JPEG (expected a marker at byte {position})")
         marker = data[position + 1]
-        if marker == 0xFF:  # fill byte
+        if marker == 0xFF:  # fill byte before a marker
             position += 1
             continue
-        if marker in _STANDALONE:
+        if in_scan and marker == 0x00:  # stuffed 0xFF inside entropy-coded data
             position += 2
             continue
-        if marker == 0xD9:
-            raise DataError(item, "corrupt JPEG (EOI before image data)")
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if length < 2 or position + 2 + length > len(data):
-            raise DataError(item, f"corrupt JPEG (segment at byte {position} runs past the end)")
+        if marker in _RST:
+            if not in_scan or restart_interval == 0:
+                raise DataError(item, f"corrupt JPEG (restart marker at byte {position} without a restart interval)")
+            if marker - 0xD0 != next_restart:
+                raise DataError(item, f"corrupt JPEG (restart marker out of sequence at byte {position})")
+            next_restart = (next_restart + 1) % 8
+            position += 2
+            continue
+        if marker == _EOI:
+            if size is None or not in_scan:
+                raise DataError(item, "corrupt JPEG (EOI before image data)")
+            if position + 2 != len(data):
+                raise DataError(item, f"corrupt JPEG (data after EOI at byte {position})")
+            return size
+        if marker == _SOI or marker == 0x00:
+            raise DataError(item, f"corrupt JPEG (unexpected marker 0x{marker:02X} at byte {position})")
+        length = _segment_length(data, position, item)
         if marker in _START_OF_FRAME:
-            seen_frame_header = True
-        if marker == 0xDA:  # SOS: entropy-coded data follows
-            if not seen_frame_header:
+            size = _frame_size(data, position)
+        elif marker == _DRI:
+            restart_interval = int.from_bytes(data[position + 4 : position + 6], "big")
+        elif marker == _SOS:
+            if size is None:
                 raise DataError(item, "corrupt JPEG (scan before frame header)")
-            return
+            in_scan, next_restart = True, 0
         position += 2 + length
 
 
 def check_jpeg_decodes(data: bytes, item: str) -> tuple[int, int]:
-    """Fully decode `data`; return (width, height) or raise DataError naming `item`."""
-    check_jpeg_structure(data, item)
+    """Check the structure, then fully decode `data`; return (width, height) or raise DataError naming `item`."""
+    header_size = check_jpeg_structure(data, item)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -63,8 +106,11 @@ def check_jpeg_decodes(data: bytes, item: str) -> tuple[int, int]:
                 if image.format != "JPEG":
                     raise DataError(item, f"not a JPEG (Pillow reads it as {image.format})")
                 image.load()
-                return image.size
+                decoded_size = image.size
     except DataError:
         raise
-    except Exception as error:  # Pillow raises OSError/SyntaxError/warnings on corrupt data
+    except Exception as error:  # Pillow raises OSError/SyntaxError (or warnings) on data it cannot decode
         raise DataError(item, f"JPEG does not decode ({error})") from error
+    if decoded_size != header_size:
+        raise DataError(item, f"decoded size {decoded_size} differs from the frame header {header_size}")
+    return decoded_size

@@ -58,6 +58,25 @@ def _list_dir(path: Path) -> list[os.DirEntry]:
         raise DataError(str(path), f"folder cannot be read ({error.strerror or error})") from error
 
 
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # e.g. a link to itself
+        return False
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _visible(entries: list[os.DirEntry]) -> list[os.DirEntry]:
+    """Entries that belong to the dataset: hidden files (.DS_Store, editor swap files) are not data."""
+    return [entry for entry in entries if not entry.name.startswith(".")]
+
+
 def _check_key(key: str, where: str) -> None:
     if not _KEY.match(key):
         raise DataError(where, f"sample key {key!r} must be 1-80 characters of letters, digits, '_' or '-'")
@@ -77,7 +96,7 @@ def _detreidx_split_folders(root: Path) -> dict[str, Path]:
     if (root / "train").is_dir():
         splits["train"] = root / "train"
     for entry in _list_dir(root):
-        if entry.is_dir() and _CASE_FOLDER.match(entry.name):
+        if _is_folder(entry) and _CASE_FOLDER.match(entry.name):
             for side in ("query", "gallery"):
                 if (Path(entry.path) / side).is_dir():
                     splits[f"{entry.name}/{side}"] = Path(entry.path) / side
@@ -91,7 +110,11 @@ def _detreidx_tracklet(root: Path, pid_folder: str, folder: Path, camid_rule: st
     pid_prefix = tracklet_name.split("_", 1)[0]
     if not pid_prefix.isdigit() or int(pid_prefix) != int(pid_folder):
         raise DataError(str(folder), f"tracklet folder must be named <pid>_<id> with pid {pid_folder}")
-    files = [e for e in _list_dir(folder) if e.is_file() and Path(e.name).suffix.lower() in _JPEG_SUFFIXES]
+    files = []
+    for entry in _visible(_list_dir(folder)):
+        if not _is_file(entry) or Path(entry.name).suffix.lower() not in _JPEG_SUFFIXES:
+            raise DataError(entry.path, "unexpected entry in a tracklet folder (only .jpg/.jpeg frames belong there)")
+        files.append(entry)
     if not files:
         raise DataError(str(folder), "empty tracklet (no .jpg frames)")
     frames = [parse_detreidx_frame(e.name) for e in files]
@@ -132,18 +155,18 @@ def discover_detreidx(root: Path, skips: SkipLog, camid_rule: str = "capture-poi
     for split, folder in _detreidx_split_folders(root).items():
         tracklets: list[Tracklet] = []
         seen: dict[str, Path] = {}
-        for pid_entry in _list_dir(folder):
-            if not pid_entry.is_dir():
-                continue
+        for pid_entry in _visible(_list_dir(folder)):
             try:
-                if not pid_entry.name.isdigit():
-                    raise DataError(pid_entry.path, "identity folders must be named by their numeric PID")
-                tracklet_folders = [e for e in _list_dir(Path(pid_entry.path)) if e.is_dir()]
+                if not _is_folder(pid_entry) or not pid_entry.name.isdigit():
+                    raise DataError(pid_entry.path, "expected an identity folder named by its numeric PID")
+                tracklet_folders = list(_visible(_list_dir(Path(pid_entry.path))))
             except DataError as error:
                 skips.handle(error, split)
                 continue
             for entry in tracklet_folders:
                 try:
+                    if not _is_folder(entry):
+                        raise DataError(entry.path, "expected a tracklet folder (not a file, not a broken link)")
                     tracklet = _detreidx_tracklet(root, pid_entry.name, Path(entry.path), camid_rule)
                     _add_unique(tracklets, seen, tracklet, Path(entry.path))
                 except DataError as error:
@@ -283,8 +306,9 @@ def _unique_split(tracklets: list[Tracklet], where: Path, skips: SkipLog, split:
 # ---------------------------------------------------------------- choosing a layout, relabelling, val split
 
 def detect_layout(root: Path) -> str:
-    """`auto` resolution: DetReIDX folders, else G2A v2 (has the A2G query file), else MARS-style."""
-    if (root / "train").is_dir() and any(_CASE_FOLDER.match(e.name) for e in _list_dir(root) if e.is_dir()):
+    """`auto` resolution: DetReIDX folders (train/ and/or case*/), else G2A v2 (has the A2G query file), else MARS."""
+    has_cases = any(_CASE_FOLDER.match(e.name) for e in _list_dir(root) if _is_folder(e))
+    if ((root / "train").is_dir() or has_cases) and not (root / "info").is_dir():
         return "detreidx"
     if (root / "info" / "query_IDX_A2G.mat").is_file():
         return "g2a2"

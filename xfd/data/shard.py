@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import __version__
-from ..atomic import atomic_output, write_json_atomic
+from ..atomic import atomic_output, remove_temporaries, write_json_atomic
 from .errors import DataError, SkipLog
 from .jpeg import check_jpeg_structure
 from .layouts import Tracklet, assign_train_labels, discover, hold_out_val
@@ -342,10 +342,9 @@ def _remove_stale(folder: Path, planned: list[PlannedShard]) -> None:
     """Delete shard files the plan no longer has and temporaries a killed run left behind."""
     wanted = {shard.name for shard in planned}
     for path in folder.iterdir():
-        stale_shard = SHARD_NAME.match(path.name) and path.name not in wanted
-        temporary = path.name.startswith(".shard-") and path.name.endswith(".tmp")
-        if stale_shard or temporary:
+        if SHARD_NAME.match(path.name) and path.name not in wanted:
             path.unlink()
+    remove_temporaries(folder)
 
 
 # ---------------------------------------------------------------- the whole run
@@ -364,6 +363,7 @@ def _prepare_output(out: Path, overwrite: bool, resume: bool) -> None:
     if overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out)
 
 
 def shard_dataset(source: Path, out: Path, options: ShardOptions, workers: int = 1, resume: bool = False,
