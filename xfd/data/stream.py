@@ -20,7 +20,7 @@ import webdataset as wds
 
 from .errors import DataError
 from .sampling import evenly_spaced_indices, restricted_random_indices
-from .shard import MANIFEST_NAME
+from .shard import FORMAT_VERSION, MANIFEST_NAME
 
 MODES = ("train", "eval")
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -85,6 +85,8 @@ def parse_tracklet_sample(sample: dict) -> tuple[str, dict, list[bytes]]:
     if any(not _FRAME_EXTENSION.match(ext) for ext in extensions):
         raise DataError(where, f"unexpected members {[e for e in extensions if not _FRAME_EXTENSION.match(e)]}")
     meta = json.loads(sample["json"])
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DataError(where, f"shard format version {meta.get('format_version')!r}; this xfd reads {FORMAT_VERSION}")
     if not extensions or len(extensions) != len(meta.get("frame_names", [])):
         raise DataError(where, f"{len(extensions)} frames stored but the metadata lists {len(meta.get('frame_names', []))}")
     return key, meta, [sample[ext] for ext in extensions]
