@@ -47,6 +47,8 @@ def main() -> int:
     parser.add_argument("--test-ids", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--frames", type=int, default=16, help="frames sampled per tracklet by the stream")
+    parser.add_argument("--shard-size", type=float, default=8.0, metavar="MB",
+                        help="shard size (several shards per split, so that workers share the work)")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     scratch = Path(tempfile.mkdtemp(prefix="xfd-bench-"))
@@ -62,7 +64,8 @@ def main() -> int:
             subprocess.run(["tar", "cf", str(scratch / "all.tar"), "-C", str(source), "."], check=True)
 
         def run_shard(workers: int):
-            return lambda: shard_dataset(source, scratch / "shards", ShardOptions(max_frames=0), workers=workers,
+            options = ShardOptions(max_frames=0, shard_size_mb=args.shard_size)
+            return lambda: shard_dataset(source, scratch / "shards", options, workers=workers,
                                          overwrite=True, progress=False)
 
         run_tar()  # warm the page cache for both

@@ -176,3 +176,12 @@ def test_resume_reuses_untouched_shards(detreidx_root, tmp_path, capsys):
     capsys.readouterr()
     assert shard_main(args + ["--resume"]) == 0
     assert "1 shards written, 17 reused" in capsys.readouterr().out
+
+
+def test_direct_ustar_header_equals_tarfiles_byte_for_byte():
+    from xfd.data.shard import _member, ustar_header
+
+    for name, size in [("0001_1.json", 0), ("0024_5453.0000.jpg", 1), ("k" * 90 + ".0001.jpg", 123456789),
+                       ("abc.json", 511), ("abc.0000.jpg", 512), ("x" * 100, 7)]:
+        expected = _member(name, size).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+        assert ustar_header(name, size) == expected, name
