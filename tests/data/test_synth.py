@@ -281,6 +281,7 @@ def test_cli_writes_refuses_non_empty_and_overwrites_its_own_output(tmp_path, ca
     (["--quality", "101"], "at most 100"),
     (["--degraded-fraction", "1.5"], "between 0 and 1"),
     (["--workers", "0"], "at least 1"),
+    (["--ids", "9000", "--test-ids", "1000"], "at most 9999"),
 ])
 def test_cli_rejects_bad_arguments(tmp_path, capsys, bad, message):
     with pytest.raises(SystemExit) as exit_info:

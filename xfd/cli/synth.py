@@ -11,7 +11,7 @@ import os
 import sys
 
 from ..data.synth.dataset import OutputExistsError, Summary, generate
-from ..data.synth.plan import MAX_PID, SynthConfig
+from ..data.synth.plan import SynthConfig
 
 
 def _default_workers() -> int:
@@ -86,15 +86,12 @@ def format_summary(out: str, summary: Summary) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.min_frames > args.max_frames:
-        parser.error(f"--min-frames ({args.min_frames}) must not exceed --max-frames ({args.max_frames})")
-    if args.quality > 100:
-        parser.error(f"--quality must be at most 100, got {args.quality}")
-    if args.ids + args.test_ids > MAX_PID:
-        parser.error(f"--ids + --test-ids must be at most {MAX_PID} (4-digit PIDs), got {args.ids + args.test_ids}")
-    config = SynthConfig(ids=args.ids, test_ids=args.test_ids, seed=args.seed, min_frames=args.min_frames,
-                         max_frames=args.max_frames, jpeg_quality=args.quality,
-                         degraded_fraction=args.degraded_fraction)
+    try:  # cross-argument rules live in SynthConfig, for library callers too
+        config = SynthConfig(ids=args.ids, test_ids=args.test_ids, seed=args.seed, min_frames=args.min_frames,
+                             max_frames=args.max_frames, jpeg_quality=args.quality,
+                             degraded_fraction=args.degraded_fraction)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         summary = generate(config, args.out, workers=args.workers, overwrite=args.overwrite,
                            progress=not args.no_progress)

@@ -11,6 +11,8 @@ A tracklet's crop is a detector-style box around the projected figure plus a mar
 across frames the box jitters (AR(1) detector noise) and the background scrolls as the person walks (reduced by
 a parallax/follow factor: ground backdrops are further away than the person, drones follow their target).
 Small crops are rendered `supersample` times larger and box-reduced, which anti-aliases them like a real sensor.
+Illumination, white balance and haze are affine per channel, so they are applied to the scene's colours (canvas,
+clothes, skin) before drawing rather than to every finished frame — the same image, fewer passes per frame.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from ..metadata import CAPTURE_POINTS
 from .figure import Figure
+from .identity import Color
 from .render import extent, project, view_basis
 
 REFERENCE_HEIGHT_M = 1.7
@@ -31,6 +34,7 @@ _SIZE_EXPONENT = math.log(_NEAR_PX / _FAR_PX) / math.log(_FAR_RANGE_M / _NEAR_RA
 _PX_LIMITS = (12.0, 145.0)
 _MIN_SIDE_PX = 12
 GROUND_CAMERAS = {1: "side", 2: "frontal"}
+HAZE_COLOR = np.array((198, 204, 212), np.float32)
 
 
 def slant_range(height_m: float, distance_m: float) -> float:
@@ -63,6 +67,16 @@ class View:
     @property
     def basis(self):
         return view_basis(self.elevation, self.azimuth)
+
+    def light(self, color: Color) -> Color:
+        """A scene colour as this camera records it: illumination and white balance, then haze."""
+        return tuple(int(np.clip(round(c * g * (1 - self.haze) + h * self.haze), 0, 255))
+                     for c, g, h in zip(color, self.gain, HAZE_COLOR))
+
+    def light_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """`light` for a whole (H, W, 3) uint8 image."""
+        lit = pixels * (np.asarray(self.gain, np.float32) * (1 - self.haze)) + np.float32(self.haze) * HAZE_COLOR
+        return np.clip(np.rint(lit), 0, 255).astype(np.uint8)
 
 
 def ground_geometry(rng: np.random.Generator, camera: int) -> tuple[float, float, float]:

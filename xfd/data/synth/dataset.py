@@ -129,7 +129,8 @@ def generate(config: SynthConfig, out: str | os.PathLike, workers: int = 1, over
             pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers)
         try:
             results = pool.imap_unordered(_render, jobs, chunksize=1) if pool else map(_render, jobs)
-            with tqdm(total=sum(spec.frames for spec in specs), unit="frame", disable=not progress,
+            # disable=None: a bar on a terminal, none in logs
+            with tqdm(total=sum(spec.frames for spec in specs), unit="frame", disable=None if progress else True,
                       desc="xfd-synth") as bar:
                 for record in results:
                     records.append(record)

@@ -82,8 +82,6 @@ def schedule(rng: np.random.Generator, frames: int, fraction: float) -> list[lis
         while end < stop and covered + new + (not per_frame[end]) <= target:
             new += not per_frame[end]
             end += 1
-        if end == start:
-            continue
         burst = _burst(rng, kind, start, end)
         for frame in range(start, end):
             per_frame[frame].append(burst)
@@ -114,11 +112,10 @@ def draw_occluder(image: Image.Image, burst: Burst, frame: int, person_box: tupl
             shapes.append(("ellipse", (cx - r, cy - r, cx + r, cy + r)))
     else:  # a low box in front: a bench, car bonnet or railing
         shapes.append(("rect", (-1, height * (1 - size), width + 1, height + 1)))
-    draw, mask_draw = ImageDraw.Draw(image), ImageDraw.Draw(mask)
     color = (40, 100, 40) if burst.occluder == "foliage" else burst.occluder_color
-    for shape, box in shapes:
-        getattr(draw, "rectangle" if shape == "rect" else "ellipse")(box, fill=color)
-        getattr(mask_draw, "rectangle" if shape == "rect" else "ellipse")(box, fill=255)
+    for target, fill in ((ImageDraw.Draw(image), color), (ImageDraw.Draw(mask), 255)):
+        for shape, box in shapes:
+            (target.rectangle if shape == "rect" else target.ellipse)(box, fill=fill)
     x0, y0, x1, y1 = (int(round(v)) for v in person_box)
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
     if x1 <= x0 or y1 <= y0:

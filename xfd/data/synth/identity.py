@@ -12,11 +12,13 @@ into JSON with `dataclasses.asdict`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Callable, TypeVar
 
 import numpy as np
 
 Color = tuple[int, int, int]
+_Colored = TypeVar("_Colored")
 
 # Clothing colour families (name -> base RGB). A sampled colour is a family's base with a small random shift,
 # so "another family" means a visibly different colour, not a slightly different shade.
@@ -170,3 +172,10 @@ def sample_outfit(rng: np.random.Generator, previous: Outfit | None = None) -> O
         bag_color=_family_color(rng, str(rng.choice(list(CLOTHING_FAMILIES)))),
         hat=hat,
     )
+
+
+def recolor(item: _Colored, change: Callable[[Color], Color]) -> _Colored:
+    """A copy of a Look or Outfit with `change` applied to every colour field (e.g. a camera's lighting)."""
+    colors = {f.name: change(value) for f in fields(item)
+              if isinstance(value := getattr(item, f.name), tuple) and len(value) == 3}
+    return replace(item, **colors)

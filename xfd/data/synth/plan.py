@@ -48,10 +48,12 @@ class SynthConfig:
             raise ValueError(f"need at least 2 train and 2 test identities, got {self.ids} and {self.test_ids}")
         if self.ids + self.test_ids > MAX_PID:
             raise ValueError(f"at most {MAX_PID} identities in all (4-digit PIDs), got {self.ids + self.test_ids}")
-        if not 1 <= self.min_frames <= self.max_frames:
-            raise ValueError(f"need 1 <= min_frames <= max_frames, got {self.min_frames} and {self.max_frames}")
+        if self.min_frames < 1:
+            raise ValueError(f"min frames must be at least 1, got {self.min_frames}")
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"min frames ({self.min_frames}) must not exceed max frames ({self.max_frames})")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+            raise ValueError(f"JPEG quality must be between 1 and at most 100, got {self.jpeg_quality}")
         if not 0.0 <= self.degraded_fraction <= 1.0:
             raise ValueError(f"degraded_fraction must be in [0, 1], got {self.degraded_fraction}")
         if self.seed < 0:

@@ -1,9 +1,11 @@
 """Render one tracklet to JPEG files and report its ground truth.
 
-Per frame: window the tracklet's background canvas (scrolling with the walk, jittering with the detector box),
-draw the cast shadow and the figure at the current gait phase, draw any occluder, reduce from the render scale
-to the native crop size, apply optical blur, low resolution, motion blur, illumination, haze and sensor noise,
-then encode with fixed JPEG settings. The tracklet's generators are seeded from (seed, pid, tracklet id) only, so
+Per tracklet: the camera (`camera.make_view`), the crop's motion, the degradation bursts, and a background canvas;
+the camera's illumination and haze are applied once, to the canvas and to the person's colours. Per frame: window
+the canvas (scrolling with the walk, jittering with the detector box), draw the cast shadow and the figure at the
+current gait phase, draw any occluder, reduce from the render scale to the native crop size, apply low
+resolution, optical and motion blur and sensor noise (a random window into a few pre-drawn noise fields), then
+encode with fixed JPEG settings. The tracklet's generators are seeded from (seed, pid, tracklet id) only, so
 the bytes do not depend on which worker renders it or in which order; degradations have a stream of their own, so
 a frame without degradations is byte-identical whatever the degraded fraction.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -22,12 +24,13 @@ from ..metadata import CAPTURE_POINTS, detreidx_camid, parse_detreidx_frame
 from . import degrade
 from .camera import aerial_geometry, crop_motion, ground_geometry, make_view, slant_range
 from .figure import build_figure, walking_speed
+from .identity import recolor
 from .naming import TrackletSpec
 from .render import draw_figure, extent, project, shadow_basis
 from .scene import aerial_canvas, ground_canvas, shadow_color
 
-_HAZE = np.array((198, 204, 212), np.float32)
 _TRACKLET = 4  # SeedSequence purpose
+_NOISE_FIELDS, _NOISE_SLACK = 4, 8  # per-frame noise = a random window into one of a few noise fields
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,49 @@ def _inside_fraction(box, width: float, height: float) -> float:
     return inner / max(1e-9, (x1 - x0) * (y1 - y0))
 
 
+@dataclass(frozen=True)
+class _Canvas:
+    """The lit background of a tracklet at render scale, and where frame 0's crop window starts in it."""
+
+    image: Image.Image
+    offset: np.ndarray  # (x, y)
+    margin: tuple[int, int]  # room around the scroll path for a slipped box
+
+
+def _canvas(rng: np.random.Generator, spec: TrackletSpec, view, scroll: np.ndarray) -> _Canvas:
+    """Cover the crop window's whole path (scroll) plus half a crop of margin on every side."""
+    s = view.supersample
+    width, height = view.width * s, view.height * s
+    margin = (width // 2 + 2, height // 2 + 2)
+    low, high = np.floor(scroll.min(axis=0) * s), np.ceil(scroll.max(axis=0) * s)
+    size_w = int(high[0] - low[0]) + width + 2 * margin[0]
+    size_h = int(high[1] - low[1]) + height + 2 * margin[1]
+    offset = np.array((margin[0] - low[0], margin[1] - low[1]))
+    if spec.platform == "ground":
+        horizon = int(offset[1] + view.anchor[1] * s - rng.uniform(0.25, 0.6) * height)
+        image = ground_canvas(rng, size_h, size_w, view.px_per_m * s, spec.location, horizon)
+    else:
+        image = aerial_canvas(rng, size_h, size_w, view.px_per_m * s, spec.location)
+    return _Canvas(Image.fromarray(view.light_pixels(np.asarray(image))), offset, margin)
+
+
+def _finish(image: Image.Image, view, bursts: list, noise: np.ndarray) -> np.ndarray:
+    """Render-scale frame -> native uint8 pixels: reduce, low resolution, optical and motion blur, noise."""
+    if view.supersample > 1:
+        image = image.reduce(view.supersample)
+    for burst in bursts:
+        if burst.kind == "lowres":
+            image = degrade.lowres(image, burst.factor)
+    pixels = np.array(image, np.float32)
+    if view.optical_blur >= 0.15:
+        pixels = degrade.soft_blur(pixels, view.optical_blur)
+    for burst in bursts:
+        if burst.kind == "motion_blur":
+            pixels = degrade.motion_blur(pixels, burst.blur_px * view.height, burst.blur_angle)
+    pixels += noise
+    return np.clip(pixels, 0, 255, out=pixels).astype(np.uint8)
+
+
 def render_tracklet(spec: TrackletSpec, settings: RenderSettings, root: str) -> dict:
     """Write the tracklet's frames under `root/spec.folder`; return its ground-truth record."""
     # Degradations draw from their own stream: the same tracklet with and without them differs only there.
@@ -68,43 +114,32 @@ def render_tracklet(spec: TrackletSpec, settings: RenderSettings, root: str) -> 
     view = make_view(rng, spec.platform, geometry, sizing_poses, range_m)
     jitter, scroll = crop_motion(rng, view, spec.frames, walking_speed(identity) / settings.fps)
     bursts = degrade.schedule(np.random.default_rng(streams[1]), spec.frames, settings.degraded_fraction)
+    canvas = _canvas(rng, spec, view, scroll)
+    shadow = None
+    if spec.sun is not None:
+        shadow = (shadow_basis(view.basis[0], rng.uniform(0.0, 360.0), spec.sun[1]),
+                  view.light(shadow_color(spec.location)))
+    lit = replace(identity, look=recolor(identity.look, view.light))
+    lit_outfit = recolor(outfit, view.light)
+    # sensor noise: luminance only (chroma noise would not survive 4:2:0 JPEG anyway)
+    noise = rng.standard_normal((_NOISE_FIELDS, view.height + _NOISE_SLACK, view.width + _NOISE_SLACK, 1),
+                                dtype=np.float32) * np.float32(view.noise_sigma)
 
     s = view.supersample
     width, height, scale = view.width * s, view.height * s, view.px_per_m * s
     basis, toward = view.basis
-    # canvas: the crop plus the whole scroll path plus room for a slipped (misaligned) box on every side
-    margin_x, margin_y = width // 2 + 2, height // 2 + 2
-    low, high = np.floor(scroll.min(axis=0) * s), np.ceil(scroll.max(axis=0) * s)
-    canvas_w = int(high[0] - low[0]) + width + 2 * margin_x
-    canvas_h = int(high[1] - low[1]) + height + 2 * margin_y
-    offset = np.array((margin_x - low[0], margin_y - low[1]))
-    if spec.platform == "ground":
-        horizon = int(offset[1] + view.anchor[1] * s - rng.uniform(0.25, 0.6) * height)
-        canvas = ground_canvas(rng, canvas_h, canvas_w, scale, spec.location, horizon)
-    else:
-        canvas = aerial_canvas(rng, canvas_h, canvas_w, scale, spec.location)
-    canvas_pixels = np.asarray(canvas)
-    sun = spec.sun
-    shadow = None
-    if sun is not None:
-        shadow = (shadow_basis(basis, rng.uniform(0.0, 360.0), sun[1]), shadow_color(spec.location))
-    gain = np.asarray(view.gain, np.float32) * (1.0 - view.haze)
-    haze = _HAZE * view.haze
-
     folder = os.path.join(root, spec.folder)
     os.makedirs(folder, exist_ok=True)
     flags, qualities, jpeg_qualities, total_bytes = [], [], [], 0
     for index in range(spec.frames):
         frame_bursts = bursts[index]
-        shift = np.zeros(2)
-        for burst in frame_bursts:
-            if burst.kind == "misaligned":
-                shift += np.array(burst.shift) * (width, height)
-        shift = np.clip(shift, (2 - margin_x, 2 - margin_y), (margin_x - 2, margin_y - 2))  # overlapping slips
-        x0, y0 = np.rint(offset + scroll[index] * s - shift).astype(int)
-        image = Image.fromarray(canvas_pixels[y0 : y0 + height, x0 : x0 + width])
+        shift = sum((np.array(b.shift) * (width, height) for b in frame_bursts if b.kind == "misaligned"),
+                    np.zeros(2))
+        shift = np.clip(shift, np.subtract(2, canvas.margin), np.subtract(canvas.margin, 2))  # overlapping slips
+        x0, y0 = np.rint(canvas.offset + scroll[index] * s - shift).astype(int).tolist()
+        image = canvas.image.crop((x0, y0, x0 + width, y0 + height))
         draw = ImageDraw.Draw(image)
-        figure = build_figure(identity, outfit, phase0 + index * phase_step)
+        figure = build_figure(lit, lit_outfit, phase0 + index * phase_step)
         projection = project(figure, basis, toward)
         origin = tuple((np.asarray(view.anchor) + jitter[index]) * s + shift)
         if shadow is not None:
@@ -122,23 +157,10 @@ def render_tracklet(spec: TrackletSpec, settings: RenderSettings, root: str) -> 
                 elif burst.kind == "misaligned":
                     measured = _inside_fraction(box, width, height)
                 factor *= degrade.quality_factor(burst, measured)
-        if s > 1:
-            image = image.reduce(s)
-        for burst in frame_bursts:
-            if burst.kind == "lowres":
-                image = degrade.lowres(image, burst.factor)
-        pixels = np.array(image, np.float32)
-        if view.optical_blur >= 0.15:
-            pixels = degrade.soft_blur(pixels, view.optical_blur)
-        for burst in frame_bursts:
-            if burst.kind == "motion_blur":
-                pixels = degrade.motion_blur(pixels, burst.blur_px * view.height, burst.blur_angle)
-        pixels *= gain
-        pixels += haze
-        # sensor noise: luminance only (chroma noise would not survive 4:2:0 JPEG anyway), fresh every frame
-        pixels += rng.standard_normal(pixels.shape[:2] + (1,), dtype=np.float32) * view.noise_sigma
+        field, dy, dx = rng.integers(0, (_NOISE_FIELDS, _NOISE_SLACK + 1, _NOISE_SLACK + 1)).tolist()
+        pixels = _finish(image, view, frame_bursts, noise[field, dy : dy + view.height, dx : dx + view.width])
         quality = min([settings.jpeg_quality] + [b.jpeg_quality for b in frame_bursts if b.kind == "compression"])
-        data = _encode(np.clip(pixels, 0, 255).astype(np.uint8), quality)
+        data = _encode(pixels, quality)
         with open(os.path.join(folder, spec.frame_name(index)), "wb") as handle:
             handle.write(data)
         total_bytes += len(data)
@@ -171,7 +193,7 @@ def render_tracklet(spec: TrackletSpec, settings: RenderSettings, root: str) -> 
             "person_px": round(view.px_per_m * identity.body.height, 2),
             "width": view.width, "height": view.height, "supersample": s,
             "noise_sigma": round(view.noise_sigma, 3), "optical_blur": round(view.optical_blur, 3),
-            "haze": round(view.haze, 4), "sunny": sun is not None,
+            "haze": round(view.haze, 4), "sunny": spec.sun is not None,
         },
         "body": asdict(identity.body),
         "gait": asdict(identity.gait),
