@@ -24,7 +24,7 @@ from xfd.data.synth import TRUTH_FILE, OutputExistsError, SynthConfig, build_pla
 from xfd.data.synth import degrade
 from xfd.data.synth.camera import aerial_person_px, slant_range
 from xfd.data.synth.figure import build_figure
-from xfd.data.synth.naming import CASES
+from xfd.data.synth.naming import CASES, ROLES
 from xfd.data.synth.render import extent, project, view_basis
 from xfd.data.synth.tracklet import RenderSettings, render_tracklet
 
@@ -48,7 +48,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def _tracklets(root: Path):
     """(split folder relative to root, pid folder name, tracklet folder) for every tracklet on disk."""
-    for split in ["train"] + [f"{case}/{role}" for case in CASES for role in ("query", "gallery")]:
+    for split in ["train"] + [f"{case}/{role}" for case in CASES for role in ROLES]:
         for pid_dir in sorted((root / split).iterdir()):
             for tracklet_dir in sorted(pid_dir.iterdir()):
                 yield split, pid_dir, tracklet_dir
@@ -87,7 +87,7 @@ def test_layout_and_every_name_parses_to_the_truth(small):
             assert len(frame.fields) == 7 and frame.ground_camera == record["ground_camera"] in (1, 2)
         if split != "train":
             case, role = split.split("/")
-            assert frame.platform == CASES[case][("query", "gallery").index(role)]
+            assert frame.platform == CASES[case][ROLES.index(role)]
     assert len(seen_ids) == len(set(seen_ids)) == len(truth), "tracklet ids are unique in the dataset"
     assert len(train_pids) == SMALL.ids and len(test_pids) == SMALL.test_ids and not train_pids & test_pids
 
@@ -121,8 +121,8 @@ def test_same_seed_is_byte_identical_across_worker_counts_and_other_seed_differs
 
 def test_every_test_identity_has_a_cross_camera_match_in_every_case_both_within_and_across_sessions(small):
     for case in CASES:
-        by_pid = defaultdict(lambda: {"query": set(), "gallery": set()})
-        for role in ("query", "gallery"):
+        by_pid = defaultdict(lambda: {role: set() for role in ROLES})
+        for role in ROLES:
             for tracklet_dir in (small / case / role).glob("*/*"):
                 frame = parse_detreidx_frame(next(tracklet_dir.iterdir()).name)
                 by_pid[frame.pid][role].add((detreidx_camid(frame, "capture-point"), frame.session))

@@ -33,7 +33,6 @@ _FAR_RANGE_M, _FAR_PX = math.hypot(60.0, 120.0), 20.0
 _SIZE_EXPONENT = math.log(_NEAR_PX / _FAR_PX) / math.log(_FAR_RANGE_M / _NEAR_RANGE_M)
 _PX_LIMITS = (12.0, 145.0)
 _MIN_SIDE_PX = 12
-GROUND_CAMERAS = {1: "side", 2: "frontal"}
 HAZE_COLOR = np.array((198, 204, 212), np.float32)
 
 

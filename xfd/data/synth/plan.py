@@ -21,7 +21,7 @@ import numpy as np
 
 from ..metadata import CAPTURE_POINTS
 from .identity import Identity, Outfit, sample_identity, sample_outfit
-from .naming import CASES, TRAIN, TrackletSpec
+from .naming import CASES, ROLES, TRAIN, TrackletSpec
 from .scene import LOCATIONS
 
 MAX_PID = 9999  # PIDs are printed with 4 digits
@@ -53,7 +53,7 @@ class SynthConfig:
         if self.min_frames > self.max_frames:
             raise ValueError(f"min frames ({self.min_frames}) must not exceed max frames ({self.max_frames})")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"JPEG quality must be between 1 and at most 100, got {self.jpeg_quality}")
+            raise ValueError(f"JPEG quality must be at least 1 and at most 100, got {self.jpeg_quality}")
         if not 0.0 <= self.degraded_fraction <= 1.0:
             raise ValueError(f"degraded_fraction must be in [0, 1], got {self.degraded_fraction}")
         if self.seed < 0:
@@ -116,7 +116,7 @@ def build_plan(config: SynthConfig) -> tuple[list[Person], list[TrackletSpec]]:
             query_session = int(layout.integers(1, 3))
             sessions = (query_session, 3 - query_session if cross else query_session)
             points = layout.choice(len(CAPTURE_POINTS), size=2, replace=False)  # distinct: A2A needs two camids
-            for role, session, platform, point in zip(("query", "gallery"), sessions, platforms, points):
+            for role, session, platform, point in zip(ROLES, sessions, platforms, points):
                 camera = int(point) if platform == "aerial" else int(layout.integers(1, 3))
                 slots.append((case, role, pid, session, platform, camera))
 
