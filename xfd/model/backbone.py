@@ -101,6 +101,9 @@ def to_open_clip_layout(clip: open_clip.model.CLIP, state: Dict[str, torch.Tenso
     state = convert_state_dict(clip, state)
     if "logit_scale" in state and state["logit_scale"].ndim != clip.logit_scale.ndim:
         state["logit_scale"] = state["logit_scale"].reshape(clip.logit_scale.shape)
+    for key in ("visual.positional_embedding", "positional_embedding"):
+        if key in state:  # OpenAI's weights are fp16, which CPU bicubic interpolation does not implement
+            state[key] = state[key].float()
     if "visual.positional_embedding" in state:
         # open_clip interpolates from a square grid; refuse anything else instead of mis-reshaping.
         tokens = state["visual.positional_embedding"].shape[0] - 1
