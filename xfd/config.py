@@ -62,7 +62,8 @@ class BackboneConfig:
     pretrained: Optional[str] = None
     # Input (H, W). The positional embedding is interpolated from the checkpoint's grid to this one.
     image_size: Tuple[int, int] = (256, 128)
-    # OpenAI's CLIP weights were trained with QuickGELU; open_clip's plain "ViT-L-14" config uses nn.GELU.
+    # Activation of the MLPs: OpenAI's CLIP weights were trained with QuickGELU (true); open_clip's LAION
+    # weights for the plain "ViT-L-14" architecture use nn.GELU (false).
     quick_gelu: bool = True
     # Recompute each transformer block in the backward pass (activation checkpointing).
     grad_checkpointing: bool = False

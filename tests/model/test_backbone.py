@@ -128,3 +128,12 @@ def test_vit_l14_checkpoint_interpolates_16x16_to_18x9(tmp_path):
     assert torch.equal(clip.visual.transformer.resblocks[22].attn.in_proj_weight, block_source.float())
     torch.testing.assert_close(clip.visual.positional_embedding.detach(),
                                _interpolated(pos_source.float(), 16, (18, 9)))
+
+
+def test_quick_gelu_switch_selects_the_activation():
+    from open_clip.transformer import QuickGELU
+
+    act = build_clip(BackboneConfig(name="clip-tiny.json", image_size=(128, 64), quick_gelu=False))
+    assert isinstance(act.visual.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
+    act = build_clip(BackboneConfig(name="clip-tiny.json", image_size=(128, 64), quick_gelu=True))
+    assert isinstance(act.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)

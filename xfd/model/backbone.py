@@ -1,7 +1,8 @@
 """The CLIP backbone: build an open_clip CLIP at the ReID input size and load local pretrained weights into it.
 
 `build_clip(cfg)` creates the open_clip architecture (`ViT-L-14`, `ViT-B-16`, or a JSON config such as the packaged
-`clip-tiny.json`) at `cfg.image_size` (256x128 -> an 18x9 grid for patch 14, 16x8 for patch 16) with random
+`clip-tiny.json`) at `cfg.image_size` (256x128 -> an 18x9 grid for patch 14, 16x8 for patch 16; as in the paper, the
+stride-14 patch convolution leaves the last 4 rows and 2 columns of a 256x128 frame unused) with random
 weights, then, if `cfg.pretrained` names a file, loads it with `load_clip_weights`:
 
 1. `xfd.model.weights.read_state_dict` reads the file as data (safetensors / weights-only torch.load / TorchScript
@@ -84,7 +85,7 @@ def build_clip(cfg: BackboneConfig) -> open_clip.model.CLIP:
         arch,
         pretrained=None,
         force_image_size=tuple(cfg.image_size),
-        force_quick_gelu=cfg.quick_gelu,
+        quick_gelu=cfg.quick_gelu,  # set either way (force_quick_gelu could only switch it on)
     )
     if not isinstance(clip, open_clip.model.CLIP) or not isinstance(clip.visual,
                                                                      open_clip.transformer.VisionTransformer):

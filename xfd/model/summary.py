@@ -111,7 +111,7 @@ def reference_visual_params(model: XfdReID) -> int:
     bb = model.cfg.backbone
     with torch.device("meta"):
         clip = open_clip.create_model(resolve_model_name(bb.name), pretrained=None,
-                                      force_image_size=tuple(bb.image_size), force_quick_gelu=bb.quick_gelu,
+                                      force_image_size=tuple(bb.image_size), quick_gelu=bb.quick_gelu,
                                       device="meta")
     return sum(p.numel() for p in clip.visual.parameters())
 

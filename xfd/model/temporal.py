@@ -91,9 +91,6 @@ class QualityAwarePool(AttentionPool):
             nn.init.zeros_(self.kappa_altitude.weight)
             nn.init.zeros_(self.kappa_distance.weight)
 
-    def frame_quality(self, f):
-        return torch.sigmoid(self.quality(f).squeeze(-1).float())  # (B, L), in (0, 1)
-
     def kappa(self, meta, batch: int, device) -> torch.Tensor:
         if not self.prior:
             return torch.ones(batch, 1, device=device)
