@@ -113,3 +113,26 @@ def test_bad_block_indices_and_frozen_models_are_errors(make_model):
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         param_groups(model, base_lr=1e-4, weight_decay=0.0)
+
+
+def test_a_few_stage_two_steps_fit_one_pk_batch(make_model, make_inputs):
+    """Model, losses and groups together learn: repeated Adam steps on one batch lower the stage-2 loss."""
+    from xfd.losses import i2tce_loss
+
+    model = make_model()
+    model.text.cache_features()
+    model.train()
+    x, platform, meta = make_inputs(batch=4, frames=2)
+    labels = torch.tensor([0, 0, 1, 1])
+    optimiser = torch.optim.Adam(param_groups(model, base_lr=1e-3, weight_decay=1e-4))
+    losses = []
+    for _ in range(8):
+        out = model(x, platform, meta)
+        loss = 0.25 * sum(cross_entropy_label_smooth(l, labels) for l in out.logits) \
+            + triplet_loss(out.features[0], labels) + i2tce_loss(out.image_features, model.text.cached_features(),
+                                                                 labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses

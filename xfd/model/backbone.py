@@ -17,6 +17,7 @@ Nothing is downloaded: with no file, the error says where to put the weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -76,23 +77,43 @@ def missing_weights_message(path: str) -> str:
         "model.backbone.pretrained=/path/to/ViT-L-14.pt; use model.backbone.pretrained=null for random weights.")
 
 
+class _HideRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def quiet_random_init():
+    """Hide open_clip's "No pretrained weights loaded" warning: we create CLIPs without weights on purpose and
+    load weights ourselves afterwards."""
+    hide = _HideRandomInitWarning()
+    logging.getLogger().addFilter(hide)  # open_clip logs through the root logger
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(hide)
+
+
 def build_clip(cfg: BackboneConfig) -> open_clip.model.CLIP:
     """open_clip CLIP at `cfg.image_size`, random or with `cfg.pretrained` loaded (visual + text towers)."""
     arch = resolve_model_name(cfg.name)
     if cfg.pretrained is not None and not Path(cfg.pretrained).is_file():
         raise FileNotFoundError(missing_weights_message(cfg.pretrained))
-    clip = open_clip.create_model(
-        arch,
-        pretrained=None,
-        force_image_size=tuple(cfg.image_size),
-        quick_gelu=cfg.quick_gelu,  # set either way (force_quick_gelu could only switch it on)
-    )
+    with quiet_random_init():
+        clip = open_clip.create_model(
+            arch,
+            pretrained=None,
+            force_image_size=tuple(cfg.image_size),
+            quick_gelu=cfg.quick_gelu,  # set either way (force_quick_gelu could only switch it on)
+        )
     if not isinstance(clip, open_clip.model.CLIP) or not isinstance(clip.visual,
                                                                      open_clip.transformer.VisionTransformer):
         raise ValueError(f"model.backbone.name: {cfg.name} is not a CLIP ViT (got {type(clip).__name__} with "
                          f"{type(clip.visual).__name__}); xfd adapts open_clip's VisionTransformer")
     if cfg.pretrained is not None:
         load_clip_weights(clip, cfg.pretrained)
+    else:
+        log.info("model.backbone.pretrained is null: %s has random weights", cfg.name)
     return clip
 
 

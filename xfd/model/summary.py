@@ -22,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from xfd.config import load_config
-from xfd.model.backbone import resolve_model_name
+from xfd.model.backbone import quiet_random_init, resolve_model_name
 from xfd.model.reid import XfdReID, build_model
 
 # parameter-name prefix -> component row (first match wins)
@@ -109,7 +109,7 @@ def train_step_flops(model: XfdReID, num_frames: int, batch: int = 2) -> int:
 def reference_visual_params(model: XfdReID) -> int:
     """Parameter count of a fresh open_clip visual tower of the same architecture (built on the meta device)."""
     bb = model.cfg.backbone
-    with torch.device("meta"):
+    with torch.device("meta"), quiet_random_init():
         clip = open_clip.create_model(resolve_model_name(bb.name), pretrained=None,
                                       force_image_size=tuple(bb.image_size), quick_gelu=bb.quick_gelu,
                                       device="meta")
