@@ -1,0 +1,358 @@
+"""The one typed experiment config of xfd (ARCHITECTURE decision 6).
+
+An experiment is a YAML file loaded into `ExperimentConfig`, a tree of dataclasses. Loading validates everything
+up front: an unknown key, a value of the wrong type or a value out of range is a `ConfigError` that names the full
+dotted key (``model.temporal.pooling: expected one of ['mean', 'attention', 'qatw'], got 'max'``), so a typo never
+silently falls back to a default.
+
+Sections: `model` (this file's first tenant). Later issues add `data`, `train` and `eval` beside it as further
+dataclass fields of `ExperimentConfig`; the loader needs no change for that.
+
+Overrides: `load_config(path, ["model.temporal.pooling=mean", "model.num_classes=120"])` applies dotted
+``key=value`` pairs to the raw YAML tree before validation (values are parsed as YAML scalars/lists, so ``=null``,
+``=[22,23]`` and ``=1e-4`` work), hence overrides are validated exactly like the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, List, Literal, Optional, Tuple, Union
+
+import yaml
+
+CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, missing, mistyped or out of range; `key` is the dotted path to it."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+    def under(self, prefix: str) -> "ConfigError":
+        """The same error with `prefix` prepended to its key (used while descending the tree)."""
+        return ConfigError(f"{prefix}.{self.key}" if self.key else prefix, self.message)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(key, message)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model section
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BackboneConfig:
+    """The CLIP image (and text) encoder, from open_clip."""
+
+    # open_clip architecture name ("ViT-L-14", "ViT-B-16") or a path to an open_clip JSON model config
+    # (absolute, relative to the working directory, or relative to xfd/configs/, e.g. "clip-tiny.json").
+    name: str = "ViT-L-14"
+    # Local weights file: OpenAI CLIP TorchScript .pt, open_clip state dict (.pt/.pth/.bin) or .safetensors.
+    # None = random init (tests, FLOP counts). Never downloaded: these machines are offline.
+    pretrained: Optional[str] = None
+    # Input (H, W). The positional embedding is interpolated from the checkpoint's grid to this one.
+    image_size: Tuple[int, int] = (256, 128)
+    # Activation of the MLPs: OpenAI's CLIP weights were trained with QuickGELU (true); open_clip's LAION
+    # weights for the plain "ViT-L-14" architecture use nn.GELU (false).
+    quick_gelu: bool = True
+    # Recompute each transformer block in the backward pass (activation checkpointing).
+    grad_checkpointing: bool = False
+
+    def __post_init__(self):
+        _require(bool(self.name), "name", "must name an open_clip architecture or a JSON config file")
+        _require(len(self.image_size) == 2 and all(s > 0 for s in self.image_size), "image_size",
+                 f"expected two positive ints (H, W), got {self.image_size}")
+
+
+@dataclass
+class FinetuneConfig:
+    """Selective fine-tuning: which pretrained backbone parameters train, and at what LR scale."""
+
+    freeze_backbone: bool = True  # False = fine-tune every backbone parameter (FT-CLIP)
+    # Backbone blocks that stay trainable when the backbone is frozen. Negative indices count from the end.
+    trainable_blocks: List[int] = field(default_factory=lambda: [22, 23])
+    # Also train the final LayerNorm and the visual projection (ln_post, proj) with the unfrozen blocks.
+    train_post: bool = False
+    # LR of trainable pretrained parameters = base LR x this (prompts, adapters and heads get the base LR).
+    backbone_lr_scale: float = 0.1
+
+    def __post_init__(self):
+        _require(self.backbone_lr_scale > 0, "backbone_lr_scale", f"must be > 0, got {self.backbone_lr_scale}")
+        _require(len(set(self.trainable_blocks)) == len(self.trainable_blocks), "trainable_blocks",
+                 f"duplicate block index in {self.trainable_blocks}")
+
+
+@dataclass
+class PromptConfig:
+    """PBP: learnable platform (ground / aerial) prompts appended to the keys/values of the first `depth` blocks."""
+
+    enabled: bool = True
+    length: int = 4
+    depth: int = 9
+
+    def __post_init__(self):
+        _require(self.length >= 1, "length", f"must be >= 1, got {self.length}")
+        _require(self.depth >= 1, "depth", f"must be >= 1, got {self.depth}")
+
+
+@dataclass
+class MetadataConfig:
+    """Altitude / distance / angle bin embeddings (ground = an extra last bin), zero-initialised."""
+
+    enabled: bool = True
+    # Where the metadata embedding is added: to every PBP prompt token and/or to the CLS token.
+    targets: List[Literal["prompts", "cls"]] = field(default_factory=lambda: ["prompts", "cls"])
+    altitude_bins: int = 18  # aerial bins; the table has one more row (the ground bin, last)
+    distance_bins: int = 18
+    angle_bins: int = 3
+
+    def __post_init__(self):
+        for key in ("altitude_bins", "distance_bins", "angle_bins"):
+            _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        _require(len(set(self.targets)) == len(self.targets), "targets", f"duplicate target in {self.targets}")
+        _require(not self.enabled or len(self.targets) > 0, "targets", "metadata is enabled but has no target")
+
+
+@dataclass
+class AdapterConfig:
+    """VSLA adapters: IFA (parallel to each MLP) and CFAA (cross-frame attention, parallel to each attention)."""
+
+    ifa: bool = True
+    cfaa: bool = True
+    bottleneck: int = 256
+    cfaa_heads: int = 4
+    layers: Optional[List[int]] = None  # None = every block; negative indices count from the end
+
+    def __post_init__(self):
+        _require(self.bottleneck >= 1, "bottleneck", f"must be >= 1, got {self.bottleneck}")
+        _require(self.cfaa_heads >= 1, "cfaa_heads", f"must be >= 1, got {self.cfaa_heads}")
+        _require(self.bottleneck % self.cfaa_heads == 0, "cfaa_heads",
+                 f"bottleneck {self.bottleneck} is not divisible by {self.cfaa_heads} heads")
+
+
+@dataclass
+class TemporalConfig:
+    """How frame features (B, L, C) become one tracklet feature (B, C)."""
+
+    pooling: Literal["mean", "attention", "qatw"] = "attention"
+    qatw_hidden: int = 128  # hidden width of QATW's per-frame quality MLP
+    qatw_prior: bool = True  # QATW: distance/altitude bins set how strongly quality gates the weights
+    multi_granularity: bool = False  # SAS-VPReID-style windows of `strides` frames, learnable fusion
+    strides: List[int] = field(default_factory=lambda: [2, 4, 8])
+
+    def __post_init__(self):
+        _require(self.qatw_hidden >= 1, "qatw_hidden", f"must be >= 1, got {self.qatw_hidden}")
+        _require(len(self.strides) >= 1 and all(s >= 1 for s in self.strides), "strides",
+                 f"expected a non-empty list of ints >= 1, got {self.strides}")
+        _require(len(set(self.strides)) == len(self.strides), "strides", f"duplicate stride in {self.strides}")
+
+
+@dataclass
+class HeadConfig:
+    """Neck between the pooled features and the ID classifiers."""
+
+    neck: Literal["bnneck", "instancenorm", "none"] = "bnneck"
+
+
+@dataclass
+class TextConfig:
+    """CLIP-ReID text side: ID-specific learnable tokens in a template, fed to the frozen text encoder."""
+
+    enabled: bool = True
+    template: str = "A photo of X X X X person."  # the run of `n_ctx` X's is replaced by learnable tokens
+    n_ctx: int = 4
+
+    def __post_init__(self):
+        _require(self.n_ctx >= 1, "n_ctx", f"must be >= 1, got {self.n_ctx}")
+        words = self.template.replace(".", " ").split()
+        _require(" ".join(["X"] * self.n_ctx) in " ".join(words), "template",
+                 f"must contain {self.n_ctx} consecutive 'X' placeholders, got {self.template!r}")
+
+
+@dataclass
+class ModelConfig:
+    """Everything `xfd.model.build_model` needs."""
+
+    num_classes: int = 1  # training identities; training sets it from the data (model.num_classes=N)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+
+    def __post_init__(self):
+        _require(self.num_classes >= 1, "num_classes", f"must be >= 1, got {self.num_classes}")
+        _require(not (self.metadata.enabled and "prompts" in self.metadata.targets and not self.prompts.enabled),
+                 "metadata.targets", "'prompts' is a target but prompts.enabled is false")
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment. Later issues add `data`, `train` and `eval` sections beside `model`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading, overrides, dumping
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """`value` (parsed YAML) as type `tp`, or a ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key)
+    if origin is Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _convert(value, inner[0], key)
+        raise ConfigError(key, f"unsupported union type {tp}")  # pragma: no cover - not used by our fields
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(key, f"expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected a list of {len(args)} values, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(key, f"expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(key, f"unsupported field type {_type_name(tp)}")  # pragma: no cover
+
+
+def _from_dict(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from a mapping; every key must be a field; missing fields keep their defaults."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(prefix, f"expected a mapping for {cls.__name__}, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(where, f"unknown key (known keys here: {names})")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], f"{prefix}.{name}" if prefix else name)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # raised by __post_init__ with a key relative to this section
+        raise (err.under(prefix) if prefix else err) from None
+
+
+def apply_overrides(raw: dict, overrides: List[str] | Tuple[str, ...]) -> dict:
+    """Set dotted `key=value` pairs in the raw (unvalidated) config tree; values are parsed as YAML."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "override must look like dotted.key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(parts[: depth + 1]), f"is a value, cannot set {key}")
+            node = child
+        node[parts[-1]] = yaml.safe_load(text)
+    return raw
+
+
+def config_from_dict(raw: dict, overrides: List[str] | Tuple[str, ...] = ()) -> ExperimentConfig:
+    """Validate a raw config tree (e.g. parsed YAML) into an ExperimentConfig."""
+    import copy
+
+    raw = apply_overrides(copy.deepcopy(raw or {}), overrides)
+    return _from_dict(ExperimentConfig, raw, "")
+
+
+def resolve_config_path(path: str | pathlib.Path) -> pathlib.Path:
+    """`path` as given if it exists, else the packaged config of that name in xfd/configs/."""
+    candidate = pathlib.Path(path)
+    if candidate.is_file():
+        return candidate
+    packaged = CONFIG_DIR / candidate.name
+    if packaged.is_file():
+        return packaged
+    raise FileNotFoundError(
+        f"config {path} not found (looked at {candidate.resolve()} and {packaged}); packaged configs: "
+        f"{sorted(p.name for p in CONFIG_DIR.glob('*.yaml'))}")
+
+
+def load_config(path: str | pathlib.Path, overrides: List[str] | Tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load and validate a YAML experiment config, applying dotted `key=value` overrides first."""
+    resolved = resolve_config_path(path)
+    with open(resolved, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle)
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError("", f"{resolved}: top level must be a mapping, got {type(raw).__name__}")
+    return config_from_dict(raw or {}, overrides)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain dict of a config (tuples become lists), ready for YAML/JSON."""
+
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_config(cfg: Any) -> str:
+    """YAML text of a config; `load_config` of it gives back an equal config."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
