@@ -26,9 +26,21 @@ def cuda_module(filename: str):
     return cupy.RawModule(code=read_source(filename), options=NVRTC_OPTIONS)
 
 
-def compile_without_device(filename: str, arch: str = "90"):
-    """Compile `kernels/<filename>` with NVRTC for compute capability `arch` (90 = H100/H200) without touching a
-    device: a syntax and type check that runs on CPU-only machines where NVRTC is installed."""
-    from cupy.cuda import compiler
+def compile_without_device(filename: str, arch: str = "sm_90") -> tuple[bytes, str]:
+    """Compile `kernels/<filename>` with NVRTC for `arch` (sm_90 = H100/H200) without touching a device.
 
-    return compiler.compile_using_nvrtc(read_source(filename), options=NVRTC_OPTIONS, arch=arch)
+    Returns (binary, compiler log): a cubin for "sm_XX", PTX for "compute_XX". This is the syntax, type and
+    (for cubin) assembly check that runs on CPU-only machines where NVRTC is installed.
+    """
+    from cupy.cuda import nvrtc
+
+    program = nvrtc.createProgram(read_source(filename), filename, (), ())
+    try:
+        try:
+            nvrtc.compileProgram(program, NVRTC_OPTIONS + (f"-arch={arch}",))
+        except nvrtc.NVRTCError as error:
+            raise RuntimeError(f"{filename} does not compile:\n{nvrtc.getProgramLog(program)}") from error
+        binary = nvrtc.getCUBIN(program) if arch.startswith("sm_") else nvrtc.getPTX(program)
+        return binary, nvrtc.getProgramLog(program)
+    finally:
+        nvrtc.destroyProgram(program)

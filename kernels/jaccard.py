@@ -17,7 +17,7 @@ from .backend import array_module
 from .csr import SparseRows, expand_segments
 from .cuda_source import cuda_module
 
-PAIRS_PER_CHUNK = 1 << 23  # (entry, gallery row) pairs expanded at once by the NumPy twin
+PAIRS_PER_CHUNK = 1 << 21  # (entry, gallery row) pairs expanded at once by the NumPy twin (~40 bytes each)
 CUDA_THREADS = 128
 
 

@@ -20,6 +20,7 @@ from .backend import array_module
 from .csr import SparseRows, concatenate_rows, from_lengths
 
 ROWS_PER_CHUNK = 2048
+MARK_BYTES = {"numpy": 1 << 25, "cupy": 1 << 30}  # budget of the (rows, N + 1) membership flags
 
 
 def half_length(k1: int) -> int:
@@ -57,7 +58,8 @@ def expanded_reciprocal_sets(rank, k1: int, chunk_rows: int | None = None) -> Sp
             f"own {full} nearest rows, which takes more than k1 = {k1} exact duplicates of it; re-ranking is "
             "undefined there (deduplicate the features or raise k1)")
     # Marks: one row of N+1 flags per row of the chunk; column N is the padding slot and always reads False.
-    chunk_rows = chunk_rows or max(1, min(ROWS_PER_CHUNK, (1 << 25) // (n + 1)))
+    budget = MARK_BYTES["numpy" if xp is np else "cupy"]
+    chunk_rows = chunk_rows or max(1, min(ROWS_PER_CHUNK, budget // (n + 1)))
     marks = xp.zeros((min(chunk_rows, n), n + 1), dtype=bool)
     parts = []
     for start in range(0, n, chunk_rows):

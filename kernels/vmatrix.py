@@ -17,7 +17,7 @@ from .csr import SparseRows, concatenate_rows, expand_segments, from_lengths
 from .distance import pair_distances
 from .graph import NeighbourLists
 
-ENTRIES_PER_CHUNK = 1 << 20
+ENTRIES_PER_CHUNK = 1 << 18  # (entries, K) lookups: 2^18 · K · 9 bytes
 
 
 def reciprocal_weights(sets: SparseRows, graph: NeighbourLists, features, sq_norms, metric: str = "sqeuclidean",
@@ -32,7 +32,7 @@ def reciprocal_weights(sets: SparseRows, graph: NeighbourLists, features, sq_nor
         r, c = rows[start:stop], sets.indices[start:stop]
         hit = graph.indices[r] == c[:, None]  # (e, K)
         found = hit.any(axis=1)
-        d = graph.distances[r, hit.argmax(axis=1)]
+        d = graph.distances[r, hit.astype(xp.int8).argmax(axis=1)]  # position of the hit (0 if none)
         missing = xp.flatnonzero(~found)
         for m0 in range(0, missing.shape[0], gather_chunk):
             sel = missing[m0 : m0 + gather_chunk]

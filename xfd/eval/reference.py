@@ -12,31 +12,48 @@ import numpy as np
 from xfd.kernels.distance import pairwise_distances
 
 
+def dense_normalised_distances(features: np.ndarray) -> np.ndarray:
+    """REFERENCE §3.1: squared Euclidean over all pairs; each column divided by its maximum, then transposed."""
+    dist = pairwise_distances(features, features, "sqeuclidean")  # (N, N)
+    return np.transpose(dist / dist.max(axis=0))
+
+
+def dense_initial_rank(dist: np.ndarray) -> np.ndarray:
+    """REFERENCE §3.2: each row's indices by ascending distance, ties to the lower index."""
+    return np.argsort(dist, axis=1, kind="stable")
+
+
+def dense_expanded_set(rank: np.ndarray, i: int, k1: int) -> np.ndarray:
+    """REFERENCE §3.3-4: R*(i), ascending."""
+    reciprocal = _reciprocal(rank, i, k1 + 1)
+    half = int(np.around(k1 / 2.0)) + 1
+    expansion = [reciprocal]
+    for c in reciprocal:
+        candidate = _reciprocal(rank, c, half)
+        if len(np.intersect1d(candidate, reciprocal)) > 2.0 / 3.0 * len(candidate):
+            expansion.append(candidate)
+    return np.unique(np.concatenate(expansion))
+
+
+def _reciprocal(rank: np.ndarray, i: int, length: int) -> np.ndarray:
+    """Entries of rank[i, :length] whose own first `length` entries contain i."""
+    forward = rank[i, :length]
+    backward = rank[forward, :length]
+    return forward[(backward == i).any(axis=1)]
+
+
 def dense_k_reciprocal(query: np.ndarray, gallery: np.ndarray, k1: int = 28, k2: int = 6,
                        lam: float = 0.28) -> np.ndarray:
     """(q, g) k-reciprocal re-ranked distances, REFERENCE §3 literally (dtype of the features)."""
     features = np.concatenate([query, gallery])  # (N, d)
     q, n = query.shape[0], features.shape[0]
     dtype = features.dtype
-    # 1. squared Euclidean over all pairs; normalise each column by its maximum, then transpose.
-    dist = pairwise_distances(features, features, "sqeuclidean")  # (N, N)
-    dist = np.transpose(dist / dist.max(axis=0))
-    # 2. initial ranking, ties to the lower index.
-    rank = np.argsort(dist, axis=1, kind="stable")  # (N, N)
-    half = int(np.around(k1 / 2.0)) + 1
+    dist = dense_normalised_distances(features)  # 1. (N, N)
+    rank = dense_initial_rank(dist)  # 2. (N, N)
     v = np.zeros((n, n), dtype=dtype)
     for i in range(n):
-        # 3. k-reciprocal neighbours.
-        reciprocal = _reciprocal(rank, i, k1 + 1)
-        # 4. expansion by the candidates' half-length reciprocal sets.
-        expansion = [reciprocal]
-        for c in reciprocal:
-            candidate = _reciprocal(rank, c, half)
-            if len(np.intersect1d(candidate, reciprocal)) > 2.0 / 3.0 * len(candidate):
-                expansion.append(candidate)
-        members = np.unique(np.concatenate(expansion))
-        # 5. Gaussian weights, row-normalised.
-        weight = np.exp(-dist[i, members])
+        members = dense_expanded_set(rank, i, k1)  # 3-4. R*(i)
+        weight = np.exp(-dist[i, members])  # 5. Gaussian weights, row-normalised
         v[i, members] = weight / np.sum(weight)
     # 6. local query expansion.
     if k2 != 1:
@@ -57,13 +74,6 @@ def dense_k_reciprocal(query: np.ndarray, gallery: np.ndarray, k1: int = 28, k2:
     # 8. blend, then keep query rows × gallery columns.
     final = jaccard * dtype.type(1 - lam) + dist[:q] * dtype.type(lam)
     return final[:, q:]
-
-
-def _reciprocal(rank: np.ndarray, i: int, length: int) -> np.ndarray:
-    """Entries of rank[i, :length] whose own first `length` entries contain i."""
-    forward = rank[i, :length]
-    backward = rank[forward, :length]
-    return forward[(backward == i).any(axis=1)]
 
 
 def dense_rank_metrics(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,

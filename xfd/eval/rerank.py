@@ -44,10 +44,11 @@ class RerankParams:
 
 
 def k_reciprocal(query, gallery, k1: int = 28, k2: int = 6, lam: float = 0.28, *, device: str = "auto",
-                 normalize: bool = False, block_rows: int | None = None, progress: bool = False) -> np.ndarray:
+                 normalize: bool = False, block_rows: int | None = None, progress: bool = False,
+                 graph_block: int | None = None) -> np.ndarray:
     """Dense (q, g) re-ranked distances (small problems; large ones should use `k_reciprocal_stream`)."""
     blocks = k_reciprocal_stream(query, gallery, k1, k2, lam, device=device, normalize=normalize,
-                                 block_rows=block_rows, progress=progress)
+                                 block_rows=block_rows, progress=progress, graph_block=graph_block)
     return _assemble(blocks, len(query), len(gallery))
 
 
