@@ -29,18 +29,27 @@ class FeatureSet:
 
 
 def reid_features(n_query: int, n_gallery: int, dim: int, n_ids: int, n_cams: int = 3, camera_shift: float = 0.5,
-                  noise: float = 1.8, dtype=np.float32, seed: int = 0) -> FeatureSet:
+                  noise: float = 1.8, dtype=np.float32, seed: int = 0, chunk_rows: int = 16384) -> FeatureSet:
     """Clustered, L2-normalised features: unit identity centres + camera offset + noise (both scaled per
-    dimension so their norms are about `camera_shift` and `noise`)."""
+    dimension so their norms are about `camera_shift` and `noise`). Generated in row chunks, so memory stays
+    close to the size of the result even for hundreds of thousands of rows."""
     rng = np.random.default_rng(seed)
-    centres = _unit_rows(rng.standard_normal((n_ids, dim)))
-    cameras = rng.standard_normal((n_cams, dim)) * (camera_shift / np.sqrt(dim))
+    centres = _unit_rows(rng.standard_normal((n_ids, dim))).astype(dtype)
+    cameras = (rng.standard_normal((n_cams, dim)) * (camera_shift / np.sqrt(dim))).astype(dtype)
+    noise_scale = np.dtype(dtype).type(noise / np.sqrt(dim))
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pids = rng.integers(0, n_ids, n)
         camids = rng.integers(0, n_cams, n)
-        x = centres[pids] + cameras[camids] + rng.standard_normal((n, dim)) * (noise / np.sqrt(dim))
-        return _unit_rows(x).astype(dtype), pids, camids
+        x = np.empty((n, dim), dtype=dtype)
+        for start in range(0, n, chunk_rows):
+            rows = slice(start, min(start + chunk_rows, n))
+            chunk = rng.standard_normal((rows.stop - rows.start, dim), dtype=np.float32).astype(dtype)
+            chunk *= noise_scale
+            chunk += centres[pids[rows]]
+            chunk += cameras[camids[rows]]
+            x[rows] = _unit_rows(chunk)
+        return x, pids, camids
 
     q_feats, q_pids, q_camids = draw(n_query)
     g_feats, g_pids, g_camids = draw(n_gallery)
