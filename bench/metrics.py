@@ -18,7 +18,7 @@ import numpy as np
 
 from xfd.eval.metrics import evaluate_distances
 from xfd.eval.reference import dense_rank_metrics
-from xfd.eval.rerank import pairwise
+from xfd.eval.distance import pairwise
 from xfd.eval.synthetic import reid_features
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from xfd.eval.reference import dense_expanded_set, dense_initial_rank, dense_k_reciprocal, dense_normalised_distances
-from xfd.eval.rerank import distance_stream, k_reciprocal, k_reciprocal_stream, normalised_rank, pairwise
+from xfd.eval.rerank import k_reciprocal, k_reciprocal_stream, normalised_rank
 from xfd.kernels.graph import knn_graph
 from xfd.kernels.reciprocal import expanded_reciprocal_sets, half_length, reciprocal_mask
 
@@ -87,15 +87,6 @@ def test_stream_yields_query_blocks_in_order(make_features):
     assert [b[0].tolist() for b in blocks] == [list(range(s, min(s + 5, 23))) for s in range(0, 23, 5)]
     assert all(block.shape == (len(idx), 177) for idx, block in blocks)
     np.testing.assert_allclose(np.concatenate([b for _, b in blocks]), k_reciprocal(q, g, 10, 3, 0.3), atol=1e-12)
-
-
-def test_plain_distance_stream_is_cosine_distance(make_features):
-    x = make_features(90, 8, 5, np.float32, seed=7)
-    q, g = x[:20], x[20:]
-    blocks = list(distance_stream(q, g, block_rows=6))
-    assert len(blocks) == 4
-    np.testing.assert_allclose(np.concatenate([b for _, b in blocks]), 1 - q @ g.T, atol=1e-6)
-    np.testing.assert_allclose(pairwise(q, g, "sqeuclidean"), 2 - 2 * q @ g.T, atol=1e-5)
 
 
 def test_normalize_option_equals_prenormalised_input(make_features):

@@ -5,7 +5,8 @@ import pytest
 
 from xfd.eval.evaluate import EvalOptions, ProtocolData, evaluate_protocol
 from xfd.eval.reference import dense_k_reciprocal
-from xfd.eval.rerank import RerankParams, k_reciprocal, k_reciprocal_stream, pairwise
+from xfd.eval.distance import pairwise
+from xfd.eval.rerank import RerankParams, k_reciprocal, k_reciprocal_stream
 from xfd.eval.synthetic import reid_features
 
 pytestmark = pytest.mark.gpu

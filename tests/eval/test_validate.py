@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from xfd.eval.evaluate import ProtocolData
-from xfd.eval.rerank import distance_stream, k_reciprocal, k_reciprocal_stream
+from xfd.eval.distance import distance_stream
+from xfd.eval.rerank import k_reciprocal, k_reciprocal_stream
 from xfd.kernels.backend import gpu_available
 
 
@@ -93,3 +94,15 @@ def test_unknown_device():
 def test_cuda_without_a_device_is_a_clear_error():
     with pytest.raises(RuntimeError, match="no CUDA device"):
         k_reciprocal(Q, G, 10, device="cuda")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_all_identical_features_are_an_error(seed):
+    same = np.repeat(_unit(1, d=33, seed=seed), 6, axis=0)  # N = k1 + 1: every row sees every row
+    with pytest.raises(ValueError, match="every distance is 0"):
+        k_reciprocal_stream(same[:2], same[2:], 5)
+
+
+def test_unknown_metric_fails_at_the_call():
+    with pytest.raises(ValueError, match="metric must be one of"):
+        distance_stream(Q, G, "manhattan")

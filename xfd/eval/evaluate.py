@@ -15,7 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 from xfd.eval.metrics import DEFAULT_MAX_RANK, RankingAccumulator, RankMetrics
-from xfd.eval.rerank import RerankParams, distance_stream, k_reciprocal_stream
+from xfd.eval.distance import distance_stream
+from xfd.eval.rerank import RerankParams, k_reciprocal_stream
 from xfd.eval.validate import check_feature_pair, check_labels
 
 REQUIRED_KEYS = ("q_feats", "g_feats", "q_pids", "g_pids", "q_camids", "g_camids")

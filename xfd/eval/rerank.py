@@ -15,23 +15,19 @@ How the N×N matrices of the textbook algorithm are avoided:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from xfd.kernels.backend import array_module, module_for_device, resolve_device, stable_argsort, to_numpy
+from xfd.kernels.csr import SparseRows
 from xfd.kernels.distance import PreparedRows, distance_block, prepare_rows, squared_norms
-from xfd.kernels.graph import NeighbourLists, default_block_size, graph_block_pairs, knn_graph
+from xfd.kernels.graph import NeighbourLists, default_block_size, graph_block_pairs, knn_graph, rounding_margin
 from xfd.kernels.jaccard import blend, min_intersection
 from xfd.kernels.reciprocal import expanded_reciprocal_sets
 from xfd.kernels.vmatrix import inverted_index, local_query_expansion, reciprocal_weights
+from xfd.eval.distance import DistanceBlocks, assemble, rows_per_block
 from xfd.eval.validate import check_feature_pair, check_rerank_params
-
-DistanceBlocks = Iterator[tuple[np.ndarray, object]]  # (query indices (b,), distances (b, g))
-
-# Bytes of (query rows × gallery) working arrays per streamed block: the output, its distances and the Jaccard sums.
-DEFAULT_BLOCK_BYTES = {"cpu": 256 << 20, "cuda": 4 << 30}
 
 
 @dataclass(frozen=True)
@@ -43,13 +39,25 @@ class RerankParams:
     lam: float = 0.28
 
 
+@dataclass(frozen=True)
+class RerankIndex:
+    """Everything the per-block blend needs: O(N·k) state, built once from all N = q + g features."""
+
+    query: PreparedRows  # (q, d) query rows, prepared for squared-Euclidean blocks
+    gallery: object  # (g, d)
+    gallery_sq: object  # (g,)
+    column_max: object  # (N,) max distance of each column (REFERENCE §3.1)
+    v_query: SparseRows  # V rows of the queries (after local query expansion)
+    inverted: SparseRows  # gallery rows of V by column
+
+
 def k_reciprocal(query, gallery, k1: int = 28, k2: int = 6, lam: float = 0.28, *, device: str = "auto",
                  normalize: bool = False, block_rows: int | None = None, progress: bool = False,
                  graph_block: int | None = None) -> np.ndarray:
     """Dense (q, g) re-ranked distances (small problems; large ones should use `k_reciprocal_stream`)."""
     blocks = k_reciprocal_stream(query, gallery, k1, k2, lam, device=device, normalize=normalize,
                                  block_rows=block_rows, progress=progress, graph_block=graph_block)
-    return _assemble(blocks, len(query), len(gallery))
+    return assemble(blocks, len(query), len(gallery))
 
 
 def k_reciprocal_stream(query, gallery, k1: int = 28, k2: int = 6, lam: float = 0.28, *, device: str = "auto",
@@ -57,29 +65,16 @@ def k_reciprocal_stream(query, gallery, k1: int = 28, k2: int = 6, lam: float = 
                         progress: bool = False, graph_block: int | None = None) -> DistanceBlocks:
     """Re-ranked distances, yielded as (query indices, (b, g) block) in query order.
 
-    Inputs are checked here (not at the first `next`). Blocks are NumPy arrays, or CuPy arrays on the GPU when
-    `to_host=False`. Memory is O(N·k1²·k2) plus one block; the graph pass costs one N×N/2 GEMM.
+    The call checks the inputs and builds the O(N·k) index (the top-k graph pass, one N×N/2 GEMM, is most of the
+    work), so bad or degenerate input fails here; iterating forms one block of query rows at a time. Blocks are
+    NumPy arrays, or CuPy arrays on the GPU when `to_host=False`.
     """
     q_feats, g_feats = check_feature_pair(query, gallery, normalize)
-    n_total = q_feats.shape[0] + g_feats.shape[0]
-    check_rerank_params(k1, k2, lam, n_total)
+    check_rerank_params(k1, k2, lam, q_feats.shape[0] + g_feats.shape[0])
     device = resolve_device(device)
-    return _rerank_blocks(q_feats, g_feats, RerankParams(k1, k2, lam), device, block_rows, to_host, progress,
-                          graph_block)
-
-
-def distance_stream(query, gallery, metric: str = "cosine", *, device: str = "auto", normalize: bool = False,
-                    block_rows: int | None = None, to_host: bool = True) -> DistanceBlocks:
-    """Plain distances (1 - cos by default) streamed like `k_reciprocal_stream`, without re-ranking."""
-    q_feats, g_feats = check_feature_pair(query, gallery, normalize)
-    device = resolve_device(device)
-    return _plain_blocks(q_feats, g_feats, metric, device, block_rows, to_host)
-
-
-def pairwise(query, gallery, metric: str = "cosine", *, device: str = "auto", normalize: bool = False) -> np.ndarray:
-    """Dense (q, g) plain distances."""
-    return _assemble(distance_stream(query, gallery, metric, device=device, normalize=normalize),
-                     len(query), len(gallery))
+    index = build_index(q_feats, g_feats, k1, k2, device, progress, graph_block)
+    step = block_rows or rows_per_block(g_feats.shape[0], g_feats.dtype, device)
+    return _blend_blocks(index, lam, step, to_host, progress)
 
 
 def normalised_rank(graph: NeighbourLists, k: int):
@@ -95,60 +90,40 @@ def normalised_rank(graph: NeighbourLists, k: int):
     return xp.take_along_axis(graph.indices, order, axis=1)
 
 
-def _rerank_blocks(q_feats, g_feats, params: RerankParams, device: str, block_rows, to_host: bool, progress: bool,
-                   graph_block) -> DistanceBlocks:
+def build_index(q_feats: np.ndarray, g_feats: np.ndarray, k1: int, k2: int, device: str, progress: bool = False,
+                graph_block: int | None = None) -> RerankIndex:
+    """REFERENCE §3 steps 1-6 and the inverted index, sparse: top-k graph, R*(i), V, local query expansion."""
     xp = module_for_device(device)
-    q, g = q_feats.shape[0], g_feats.shape[0]
-    n = q + g
+    q, n = q_feats.shape[0], q_feats.shape[0] + g_feats.shape[0]
     features = xp.asarray(np.concatenate([q_feats, g_feats]))  # (N, d)
-    k = max(params.k1 + 1, params.k2)
+    k = max(k1 + 1, k2)
     graph_block = graph_block or default_block_size(xp)
     with tqdm(total=graph_block_pairs(n, graph_block), desc="re-rank: top-k graph", unit="block",
               disable=not progress, leave=False) as bar:
         graph = knn_graph(features, min(k + 1, n), "sqeuclidean", block_size=graph_block, on_block=bar.update)
+    # A row whose largest distance is within rounding of 0 equals every other row: nothing to normalise by.
+    noise = rounding_margin(features.shape[1], features.dtype, 1.0, "sqeuclidean")
+    flat = xp.flatnonzero(graph.column_max <= noise)
+    if flat.size:
+        raise ValueError(f"all features equal row {int(flat[0])}: every distance is 0 (up to rounding) and the "
+                         "column-max normalisation of REFERENCE §3.1 is undefined")
     rank = normalised_rank(graph, k)  # (N, K)
-    sets = expanded_reciprocal_sets(rank, params.k1)  # R*(i)
+    sets = expanded_reciprocal_sets(rank, k1)  # R*(i)
     v = reciprocal_weights(sets, graph, features, squared_norms(features), "sqeuclidean")
-    v = local_query_expansion(v, rank, params.k2)
-    del sets, rank
-    inverted = inverted_index(v, q, n)  # gallery rows by column
+    v = local_query_expansion(v, rank, k2)
     gallery = features[q:]
-    gallery_sq = squared_norms(gallery)
-    query_rows = prepare_rows(features[:q], "sqeuclidean")
-    step = block_rows or _rows_per_block(g, features.dtype, device)
+    return RerankIndex(query=prepare_rows(features[:q], "sqeuclidean"), gallery=gallery,
+                       gallery_sq=squared_norms(gallery), column_max=graph.column_max, v_query=v.rows(0, q),
+                       inverted=inverted_index(v, q, n))
+
+
+def _blend_blocks(index: RerankIndex, lam: float, step: int, to_host: bool, progress: bool) -> DistanceBlocks:
+    q, g = index.query.scaled.shape[0], index.gallery.shape[0]
     for start in tqdm(range(0, q, step), desc="re-rank: query blocks", unit="block", disable=not progress,
                       leave=False):
         stop = min(start + step, q)
-        rows = PreparedRows(query_rows.scaled[start:stop], query_rows.sq_norms[start:stop])
-        shared = min_intersection(v.rows(start, stop), inverted, g)  # (b, g) Σ min(V_i, V_j)
-        dist = distance_block(rows, gallery, gallery_sq, "sqeuclidean")  # (b, g)
-        final = blend(shared, dist, graph.column_max[start:stop], params.lam)
+        rows = PreparedRows(index.query.scaled[start:stop], index.query.sq_norms[start:stop])
+        shared = min_intersection(index.v_query.rows(start, stop), index.inverted, g)  # (b, g) Σ min(V_i, V_j)
+        dist = distance_block(rows, index.gallery, index.gallery_sq, "sqeuclidean")  # (b, g)
+        final = blend(shared, dist, index.column_max[start:stop], lam)
         yield np.arange(start, stop), (to_numpy(final) if to_host else final)
-
-
-def _plain_blocks(q_feats, g_feats, metric: str, device: str, block_rows, to_host: bool) -> DistanceBlocks:
-    xp = module_for_device(device)
-    query, gallery = xp.asarray(q_feats), xp.asarray(g_feats)
-    prepared = prepare_rows(query, metric)
-    gallery_sq = squared_norms(gallery)
-    step = block_rows or _rows_per_block(gallery.shape[0], gallery.dtype, device)
-    for start in range(0, query.shape[0], step):
-        stop = min(start + step, query.shape[0])
-        rows = PreparedRows(prepared.scaled[start:stop], prepared.sq_norms[start:stop])
-        dist = distance_block(rows, gallery, gallery_sq, metric)  # (b, g)
-        yield np.arange(start, stop), (to_numpy(dist) if to_host else dist)
-
-
-def _rows_per_block(n_gallery: int, dtype, device: str) -> int:
-    per_row = n_gallery * (3 * np.dtype(dtype).itemsize + 8)  # output, distances, Jaccard sums (+ float64 bincount)
-    return max(1, DEFAULT_BLOCK_BYTES[device] // per_row)
-
-
-def _assemble(blocks: DistanceBlocks, q: int, g: int) -> np.ndarray:
-    out = None
-    for indices, block in blocks:
-        block = to_numpy(block)
-        if out is None:
-            out = np.empty((q, g), dtype=block.dtype)
-        out[indices] = block
-    return out
