@@ -77,13 +77,8 @@ def knn_graph(features, k: int, metric: str = "sqeuclidean", block_size: int | N
               margin_scale: float = 1.0) -> NeighbourLists:
     """k nearest rows of `features` (N, d) for every row (self included) and the N column maxima, in one
     symmetric pass. `on_block(1)` is called after each block pair (progress); see `graph_block_pairs`."""
-    xp = array_module(features)
-    check_metric(metric)
+    xp, block_size, prepared = _set_up(features, features, k, metric, block_size)
     n = features.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}] for {n} rows, got {k}")
-    block_size = block_size or default_block_size(xp)
-    prepared = prepare_rows(features, metric)
     bound = kth_distance_bound(prepared, features, prepared.sq_norms, k, metric, sample_size, block_size,
                                margin_scale)
     state = empty_state(n, k, features.dtype, xp)
@@ -120,18 +115,22 @@ def graph_block_pairs(n: int, block_size: int) -> int:
 def knn_rows(queries, columns, k: int, metric: str = "sqeuclidean", block_size: int | None = None,
              sample_size: int = DEFAULT_SAMPLE, on_block: ProgressCallback | None = None) -> NeighbourLists:
     """k nearest rows of `columns` (m, d) for each row of `queries` (n, d), and the column maxima (m,)."""
-    xp = array_module(columns)
-    check_metric(metric)
-    m = columns.shape[0]
-    if not 1 <= k <= m:
-        raise ValueError(f"k must be in [1, {m}] for {m} columns, got {k}")
-    block_size = block_size or default_block_size(xp)
-    prepared = prepare_rows(queries, metric)
+    _, block_size, prepared = _set_up(queries, columns, k, metric, block_size)
     column_sq = squared_norms(columns)
     bound = kth_distance_bound(prepared, columns, column_sq, k, metric, sample_size, block_size)
     state, column_max = _rows_pass(prepared, columns, column_sq, k, metric, block_size, bound, on_block)
     _redo_short_rows(state, prepared, columns, column_sq, metric, block_size)
     return NeighbourLists(indices=state.indices, distances=state.values, column_max=column_max)
+
+
+def _set_up(rows, columns, k: int, metric: str, block_size: int | None):
+    """Checks and set-up shared by both passes: (array module, block size, prepared rows)."""
+    check_metric(metric)
+    m = columns.shape[0]
+    if not 1 <= k <= m:
+        raise ValueError(f"k must be in [1, {m}] for {m} columns, got {k}")
+    xp = array_module(columns)
+    return xp, block_size or default_block_size(xp), prepare_rows(rows, metric)
 
 
 def _rows_pass(prepared: PreparedRows, columns, column_sq, k: int, metric: str, block_size: int, bound,

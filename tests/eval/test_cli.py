@@ -1,6 +1,7 @@
 """xfd-eval end to end on npz files written here: table, JSON, submission CSV, CMC plot, errors."""
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from xfd.cli.eval import main
-from xfd.eval.evaluate import EvalOptions, evaluate_protocol, load_npz
+from xfd.eval.evaluate import EvalOptions, evaluate_protocol
+from xfd.eval.protocol import load_npz
 from xfd.eval.rerank import RerankParams
 from xfd.eval.synthetic import reid_features
 
@@ -18,12 +20,11 @@ PROTOCOLS = {"A2G": 0, "G2A": 1, "A2A": 2}  # name -> seed
 
 
 def _write_npz(path, seed, names=True, **override):
-    data = reid_features(40, 260, dim=16, n_ids=30, seed=seed).as_dict()
+    data = reid_features(40, 260, dim=16, n_ids=30, seed=seed)
     if names:
-        data["q_names"] = np.array([f"q{seed}_{i:03d}" for i in range(40)])
-        data["g_names"] = np.array([f"g{seed}_{i:03d}" for i in range(260)])
-    data.update(override)
-    np.savez(path, **data)
+        override = {"q_names": np.array([f"q{seed}_{i:03d}" for i in range(40)]),
+                    "g_names": np.array([f"g{seed}_{i:03d}" for i in range(260)]), **override}
+    dataclasses.replace(data, **override).save_npz(path)
     return path
 
 

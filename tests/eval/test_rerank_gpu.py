@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from xfd.eval.evaluate import EvalOptions, ProtocolData, evaluate_protocol
+from xfd.eval.evaluate import EvalOptions, evaluate_protocol
 from xfd.eval.reference import dense_k_reciprocal
 from xfd.eval.distance import pairwise
 from xfd.eval.rerank import RerankParams, k_reciprocal, k_reciprocal_stream
@@ -37,9 +37,8 @@ def test_gpu_plain_distances_and_metrics_equal_cpu():
     data = reid_features(200, 3000, 64, 100, seed=3)
     np.testing.assert_allclose(pairwise(data.q_feats, data.g_feats, device="cuda"),
                                pairwise(data.q_feats, data.g_feats, device="cpu"), atol=1e-5)
-    protocol = ProtocolData("A2G", **data.as_dict())
     for rerank in (None, RerankParams()):
-        gpu = evaluate_protocol(protocol, EvalOptions(rerank=rerank, device="cuda"))
-        cpu = evaluate_protocol(protocol, EvalOptions(rerank=rerank, device="cpu"))
+        gpu = evaluate_protocol(data, EvalOptions(rerank=rerank, device="cuda"))
+        cpu = evaluate_protocol(data, EvalOptions(rerank=rerank, device="cpu"))
         # float32 GEMMs of cuBLAS and OpenBLAS round differently: allow a rare swap of two near-tied items
         assert gpu.mAP == pytest.approx(cpu.mAP, abs=2e-3) and gpu.rank(1) == pytest.approx(cpu.rank(1), abs=1e-2)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from xfd.eval.evaluate import ProtocolData
+from xfd.eval.protocol import ProtocolData
 from xfd.eval.distance import distance_stream
 from xfd.eval.rerank import k_reciprocal, k_reciprocal_stream
 from xfd.kernels.backend import gpu_available

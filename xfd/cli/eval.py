@@ -14,7 +14,8 @@ import argparse
 import contextlib
 import sys
 
-from xfd.eval.evaluate import EvalOptions, evaluate_protocol, load_npz, mean_of_protocols
+from xfd.eval.evaluate import EvalOptions, evaluate_protocol, mean_of_protocols
+from xfd.eval.protocol import load_npz
 from xfd.eval.metrics import AP_MODES, DEFAULT_MAX_RANK
 from xfd.eval.report import format_table, plot_cmc, report_payload, submission_csv, write_report
 from xfd.eval.rerank import RerankParams

@@ -1,14 +1,14 @@
 """Evaluate saved or freshly extracted features per protocol (A2G, G2A, A2A, ...) and their mean.
 
 This is the library entry point shared by `xfd-eval` and (later) `launcher/evaluate.py`: give it `ProtocolData`
-and `EvalOptions`, get `RankMetrics`; distances stream through the metrics block by block, so no Q×G matrix is
+(xfd.eval.protocol: features and labels, read from or written to the npz format) and `EvalOptions`, get
+`RankMetrics`; distances stream through the metrics block by block, so no Q×G matrix is
 kept, and an optional `on_block` callback sees every block (the CLI writes the submission CSV from it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -17,40 +17,12 @@ from tqdm import tqdm
 from xfd.eval.metrics import DEFAULT_MAX_RANK, RankingAccumulator, RankMetrics
 from xfd.eval.distance import distance_stream
 from xfd.eval.rerank import RerankParams, k_reciprocal_stream
-from xfd.eval.validate import check_feature_pair, check_labels
+from xfd.eval.protocol import ProtocolData
+from xfd.eval.validate import check_feature_pair
 
-REQUIRED_KEYS = ("q_feats", "g_feats", "q_pids", "g_pids", "q_camids", "g_camids")
-OPTIONAL_KEYS = ("q_names", "g_names")
 SUMMARY_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 
 BlockCallback = Callable[[np.ndarray, np.ndarray], None]  # (query indices, (b, G) distances)
-
-
-@dataclass(frozen=True)
-class ProtocolData:
-    """One protocol's features and labels; names are optional (needed for the submission CSV)."""
-
-    name: str
-    q_feats: np.ndarray  # (q, d)
-    g_feats: np.ndarray  # (g, d)
-    q_pids: np.ndarray  # (q,)
-    g_pids: np.ndarray  # (g,)
-    q_camids: np.ndarray  # (q,)
-    g_camids: np.ndarray  # (g,)
-    q_names: np.ndarray | None = None  # (q,) str
-    g_names: np.ndarray | None = None  # (g,) str
-
-    def __post_init__(self):
-        q, g = np.shape(self.q_feats)[0], np.shape(self.g_feats)[0]
-        for key, n in (("q_pids", q), ("q_camids", q), ("q_names", q), ("g_pids", g), ("g_camids", g),
-                       ("g_names", g)):
-            value = getattr(self, key)
-            if value is not None:
-                object.__setattr__(self, key, check_labels(f"{self.name}: {key}", value, n))
-
-    @property
-    def has_names(self) -> bool:
-        return self.q_names is not None and self.g_names is not None
 
 
 @dataclass(frozen=True)
@@ -64,20 +36,6 @@ class EvalOptions:
     max_rank: int = DEFAULT_MAX_RANK
     block_rows: int | None = None
     progress: bool = False
-
-
-def load_npz(path: str | Path, name: str | None = None) -> ProtocolData:
-    """Read a features file (keys: q_feats g_feats q_pids g_pids q_camids g_camids [q_names g_names])."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"features file not found: {path}")
-    with np.load(path, allow_pickle=False) as npz:
-        missing = [key for key in REQUIRED_KEYS if key not in npz.files]
-        if missing:
-            raise ValueError(f"{path}: missing key(s) {', '.join(missing)}; a features file holds "
-                             f"{', '.join(REQUIRED_KEYS)} (+ optional {', '.join(OPTIONAL_KEYS)})")
-        arrays = {key: npz[key] for key in REQUIRED_KEYS + OPTIONAL_KEYS if key in npz.files}
-    return ProtocolData(name=name or path.stem, **arrays)
 
 
 def evaluate_protocol(data: ProtocolData, options: EvalOptions = EvalOptions(),

@@ -7,29 +7,14 @@ and cameras at random, so same-pid-same-camid junk and queries without a match b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class FeatureSet:
-    """One protocol's features and labels, in the layout of the `xfd-eval` npz file."""
-
-    q_feats: np.ndarray  # (q, d)
-    g_feats: np.ndarray  # (g, d)
-    q_pids: np.ndarray  # (q,)
-    g_pids: np.ndarray  # (g,)
-    q_camids: np.ndarray  # (q,)
-    g_camids: np.ndarray  # (g,)
-
-    def as_dict(self) -> dict:
-        return dict(q_feats=self.q_feats, g_feats=self.g_feats, q_pids=self.q_pids, g_pids=self.g_pids,
-                    q_camids=self.q_camids, g_camids=self.g_camids)
+from xfd.eval.protocol import ProtocolData
 
 
 def reid_features(n_query: int, n_gallery: int, dim: int, n_ids: int, n_cams: int = 3, camera_shift: float = 0.5,
-                  noise: float = 1.8, dtype=np.float32, seed: int = 0, chunk_rows: int = 16384) -> FeatureSet:
+                  noise: float = 1.8, dtype=np.float32, seed: int = 0, chunk_rows: int = 16384,
+                  name: str = "synthetic") -> ProtocolData:
     """Clustered, L2-normalised features: unit identity centres + camera offset + noise (both scaled per
     dimension so their norms are about `camera_shift` and `noise`). Generated in row chunks, so memory stays
     close to the size of the result even for hundreds of thousands of rows."""
@@ -53,7 +38,7 @@ def reid_features(n_query: int, n_gallery: int, dim: int, n_ids: int, n_cams: in
 
     q_feats, q_pids, q_camids = draw(n_query)
     g_feats, g_pids, g_camids = draw(n_gallery)
-    return FeatureSet(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids)
+    return ProtocolData(name, q_feats, g_feats, q_pids, g_pids, q_camids, g_camids)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
