@@ -81,6 +81,7 @@ def test_rerank_single_file_and_csv_top(protocol_files, tmp_path, capsys):
     assert code == 0
     report = json.loads(report_path.read_text())
     assert report["settings"]["rerank"] == {"k1": 15, "k2": 4, "lambda": 0.4}
+    assert (tmp_path / "r_cmc.png").read_bytes()[:4] == b"\x89PNG"  # plot beside the JSON by default
     metrics = evaluate_protocol(load_npz(path), EvalOptions(rerank=RerankParams(15, 4, 0.4)))
     assert report["protocols"]["a2a"]["mAP"] == pytest.approx(metrics.mAP, abs=1e-12)
     rows = list(csv.reader(open(tmp_path / "s.csv", newline="")))

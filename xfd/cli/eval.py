@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from pathlib import Path
 
 from xfd.eval.evaluate import EvalOptions, evaluate_protocol, mean_of_protocols
 from xfd.eval.protocol import load_npz
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="OUT", help="write the challenge submission CSV (needs q_names/g_names)")
     p.add_argument("--csv-top", type=int, default=None, metavar="N",
                    help="gallery names per CSV row (default: the whole ranked gallery)")
-    p.add_argument("--plot", metavar="OUT.png", help="write the CMC curves as PNG")
+    p.add_argument("--plot", metavar="OUT.png",
+                   help="write the CMC curves as PNG (default with --json: beside it, <json stem>_cmc.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -57,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results, mean))
     if args.json:
         write_report(args.json, report_payload(results, mean, _settings(args)))
-    if args.plot:
-        plot_cmc(args.plot, results)
+    plot_path = args.plot or (_beside(args.json, "_cmc.png") if args.json else None)
+    if plot_path:
+        plot_cmc(plot_path, results)
     return 0
 
 
@@ -97,6 +100,11 @@ def _evaluate_all(protocols, args) -> dict:
                     writer.add_block(data.name, data.q_names[indices], data.g_names, block)
             results[data.name] = evaluate_protocol(data, options, on_block)
     return results
+
+
+def _beside(path: str, suffix: str) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + suffix)
 
 
 def _settings(args) -> dict:
