@@ -29,10 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", action="append", default=[], metavar="NAME=PATH",
                    help="a named protocol's features (repeatable), e.g. A2G=a2g.npz")
     p.add_argument("--rerank", action="store_true", help="exact k-reciprocal re-ranking (REFERENCE §3)")
-    p.add_argument("--k1", type=int, default=RerankParams.k1)
-    p.add_argument("--k2", type=int, default=RerankParams.k2)
-    p.add_argument("--lambda", dest="lam", type=float, default=RerankParams.lam)
-    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--k1", type=int, default=RerankParams.k1, help="k-reciprocal list length (default: %(default)s)")
+    p.add_argument("--k2", type=int, default=RerankParams.k2, help="local query expansion (default: %(default)s)")
+    p.add_argument("--lambda", dest="lam", type=float, default=RerankParams.lam,
+                   help="weight of the original distance (default: %(default)s)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda if CuPy sees a GPU, else cpu")
     p.add_argument("--normalize", action="store_true", help="L2-normalise features (otherwise they must be)")
     p.add_argument("--ap", choices=AP_MODES, default="noninterpolated", help="AP definition (default: %(default)s)")
     p.add_argument("--max-rank", type=int, default=DEFAULT_MAX_RANK, help="CMC length (default: %(default)s)")
