@@ -1,0 +1,169 @@
+"""Blocked distance fused with top-k selection: exact k-nearest-neighbour lists without an N×N matrix.
+
+`knn_graph` builds, for every row of X (N, d), its k nearest rows of X (itself included) sorted by
+(distance, index), plus the maximum of every column of the N×N distance matrix. It computes each pair of row
+blocks once (the distance matrix is symmetric) and feeds the block to both row sets, so a full pass costs half the
+GEMM of N×N. `knn_rows` does the same for query rows against a separate set of columns.
+
+Memory: the top-k state, O(N·k), plus one block (and on GPU its transpose).
+
+Speed trick, exact: before the pass each row gets an upper bound on its k-th distance (its k-th distance to an
+evenly spaced sample of the columns, plus a rounding margin); elements above it are never candidates. The bound
+is safe by construction (the k-th smallest of a subset is >= the k-th smallest of all), and the result certifies
+it: a row that ends with fewer than k entries would reveal a bound that was too tight, and such rows are redone
+without a bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .backend import array_module
+from .distance import PreparedRows, check_metric, distance_block, prepare_rows, squared_norms
+from .topk import TopKState, empty_state, is_full, merge_block
+
+DEFAULT_BLOCK = {"numpy": 2048, "cupy": 16384}
+DEFAULT_SAMPLE = 1024
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class NeighbourLists:
+    """k nearest columns of each row, ascending by (distance, index), and the column maxima of the distances."""
+
+    indices: object  # (n, k) int64
+    distances: object  # (n, k)
+    column_max: object  # (m,) max over all rows of each column's distance
+
+
+def default_block_size(xp) -> int:
+    return DEFAULT_BLOCK["numpy" if xp is np else "cupy"]
+
+
+def rounding_margin(dim: int, dtype, max_sq_norm: float, metric: str) -> float:
+    """Upper bound on how far two GEMM evaluations of one distance can differ (other blocking, other order of
+    summation): a worst-case dot-product error of dim·eps times the size of the terms, with a factor 4 to spare."""
+    magnitude = 4.0 * max_sq_norm if metric == "sqeuclidean" else 1.0 + max_sq_norm
+    return float(np.finfo(np.dtype(dtype)).eps) * (dim + 4) * magnitude * 4.0
+
+
+def kth_distance_bound(prepared: PreparedRows, columns, column_sq, k: int, metric: str, sample_size: int,
+                       block_size: int, margin_scale: float = 1.0):
+    """(n,) upper bound on each row's k-th smallest distance to `columns`: its k-th distance to an evenly spaced
+    column sample, plus the rounding margin (`margin_scale` < 1 only in tests that force the fallback)."""
+    xp = array_module(columns)
+    m = columns.shape[0]
+    s = min(m, max(sample_size, k))
+    picks = (xp.arange(s, dtype=xp.int64) * m) // s  # evenly spaced, distinct
+    sample, sample_sq = columns[picks], column_sq[picks]
+    n = prepared.scaled.shape[0]
+    bound = xp.empty(n, dtype=columns.dtype)
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        rows = PreparedRows(prepared.scaled[start:stop], prepared.sq_norms[start:stop])
+        block = distance_block(rows, sample, sample_sq, metric)  # (b, s)
+        bound[start:stop] = xp.partition(block, k - 1, axis=1)[:, k - 1]
+    max_sq = float(xp.maximum(prepared.sq_norms.max(), column_sq.max()))
+    margin = rounding_margin(columns.shape[1], columns.dtype, max_sq, metric) * margin_scale
+    return bound + bound.dtype.type(margin)
+
+
+def knn_graph(features, k: int, metric: str = "sqeuclidean", block_size: int | None = None,
+              sample_size: int = DEFAULT_SAMPLE, on_block: ProgressCallback | None = None,
+              margin_scale: float = 1.0) -> NeighbourLists:
+    """k nearest rows of `features` (N, d) for every row (self included) and the N column maxima, in one
+    symmetric pass. `on_block(1)` is called after each block pair (progress); see `graph_block_pairs`."""
+    xp, block_size, prepared = _set_up(features, features, k, metric, block_size)
+    n = features.shape[0]
+    bound = kth_distance_bound(prepared, features, prepared.sq_norms, k, metric, sample_size, block_size,
+                               margin_scale)
+    state = empty_state(n, k, features.dtype, xp)
+    column_max = xp.full(n, -xp.inf, dtype=features.dtype)
+    starts = list(range(0, n, block_size))
+    buffer = xp.empty(min(block_size, n) ** 2, dtype=features.dtype)
+    for i, row_start in enumerate(starts):
+        row_stop = min(row_start + block_size, n)
+        rows = PreparedRows(prepared.scaled[row_start:row_stop], prepared.sq_norms[row_start:row_stop])
+        # Columns reach every row in increasing order: the rows of block J see blocks 0..J-1 as transposed blocks
+        # of earlier outer steps, then J, J+1, ... in their own outer step.
+        for col_start in starts[i:]:
+            col_stop = min(col_start + block_size, n)
+            out = buffer[: (row_stop - row_start) * (col_stop - col_start)].reshape(row_stop - row_start, -1)
+            block = distance_block(rows, features[col_start:col_stop], prepared.sq_norms[col_start:col_stop],
+                                   metric, out=out)  # (bi, bj)
+            merge_block(state, block, row_start, col_start, bound)
+            column_max[col_start:col_stop] = xp.maximum(column_max[col_start:col_stop], block.max(axis=0))
+            if col_start != row_start:
+                merge_block(state, block.T, col_start, row_start, bound)
+                column_max[row_start:row_stop] = xp.maximum(column_max[row_start:row_stop], block.max(axis=1))
+            if on_block is not None:
+                on_block(1)
+    _redo_short_rows(state, prepared, features, prepared.sq_norms, metric, block_size)
+    return NeighbourLists(indices=state.indices, distances=state.values, column_max=column_max)
+
+
+def graph_block_pairs(n: int, block_size: int) -> int:
+    """Number of `on_block` calls `knn_graph` makes (for progress bars)."""
+    blocks = -(-n // block_size)
+    return blocks * (blocks + 1) // 2
+
+
+def knn_rows(queries, columns, k: int, metric: str = "sqeuclidean", block_size: int | None = None,
+             sample_size: int = DEFAULT_SAMPLE, on_block: ProgressCallback | None = None) -> NeighbourLists:
+    """k nearest rows of `columns` (m, d) for each row of `queries` (n, d), and the column maxima (m,)."""
+    _, block_size, prepared = _set_up(queries, columns, k, metric, block_size)
+    column_sq = squared_norms(columns)
+    bound = kth_distance_bound(prepared, columns, column_sq, k, metric, sample_size, block_size)
+    state, column_max = _rows_pass(prepared, columns, column_sq, k, metric, block_size, bound, on_block)
+    _redo_short_rows(state, prepared, columns, column_sq, metric, block_size)
+    return NeighbourLists(indices=state.indices, distances=state.values, column_max=column_max)
+
+
+def _set_up(rows, columns, k: int, metric: str, block_size: int | None):
+    """Checks and set-up shared by both passes: (array module, block size, prepared rows)."""
+    check_metric(metric)
+    m = columns.shape[0]
+    if not 1 <= k <= m:
+        raise ValueError(f"k must be in [1, {m}] for {m} columns, got {k}")
+    xp = array_module(columns)
+    return xp, block_size or default_block_size(xp), prepare_rows(rows, metric)
+
+
+def _rows_pass(prepared: PreparedRows, columns, column_sq, k: int, metric: str, block_size: int, bound,
+               on_block: ProgressCallback | None = None) -> tuple[TopKState, object]:
+    """Row blocks × column blocks, columns ascending: the non-symmetric blocked top-k and column maxima."""
+    xp = array_module(columns)
+    n, m = prepared.scaled.shape[0], columns.shape[0]
+    state = empty_state(n, k, columns.dtype, xp)
+    column_max = xp.full(m, -xp.inf, dtype=columns.dtype)
+    buffer = xp.empty(min(block_size, n) * min(block_size, m), dtype=columns.dtype)
+    for row_start in range(0, n, block_size):
+        row_stop = min(row_start + block_size, n)
+        rows = PreparedRows(prepared.scaled[row_start:row_stop], prepared.sq_norms[row_start:row_stop])
+        for col_start in range(0, m, block_size):
+            col_stop = min(col_start + block_size, m)
+            out = buffer[: (row_stop - row_start) * (col_stop - col_start)].reshape(row_stop - row_start, -1)
+            block = distance_block(rows, columns[col_start:col_stop], column_sq[col_start:col_stop], metric,
+                                   out=out)  # (bi, bj)
+            merge_block(state, block, row_start, col_start, bound)
+            column_max[col_start:col_stop] = xp.maximum(column_max[col_start:col_stop], block.max(axis=0))
+            if on_block is not None:
+                on_block(1)
+    return state, column_max
+
+
+def _redo_short_rows(state: TopKState, prepared: PreparedRows, columns, column_sq, metric: str,
+                     block_size: int) -> None:
+    """Rows left with fewer than k entries had a bound below their true k-th distance: redo them, unbounded."""
+    xp = array_module(columns)
+    short = xp.flatnonzero(~is_full(state))
+    if short.size == 0:
+        return
+    sub = PreparedRows(prepared.scaled[short], prepared.sq_norms[short])
+    redone, _ = _rows_pass(sub, columns, column_sq, state.k, metric, block_size, bound=None)
+    state.values[short] = redone.values
+    state.indices[short] = redone.indices

@@ -1,0 +1,69 @@
+"""Running top-k merge (NumPy twin of topk.cu): exact k smallest by (value, index) over all merged blocks."""
+
+import numpy as np
+import pytest
+
+from xfd.kernels.topk import empty_state, is_full, merge_block_numpy
+
+
+def _brute_topk(matrix, k, bound=None):
+    """k smallest (value, index) per row by a stable full sort; entries above `bound` excluded, (+inf, -1) pad."""
+    n, m = matrix.shape
+    values = np.full((n, k), np.inf)
+    indices = np.full((n, k), -1)
+    for r in range(n):
+        keep = np.arange(m) if bound is None else np.flatnonzero(matrix[r] <= bound[r])
+        order = keep[np.argsort(matrix[r, keep], kind="stable")][:k]
+        values[r, : order.size] = matrix[r, order]
+        indices[r, : order.size] = order
+    return values, indices
+
+
+def _merge_in_column_blocks(matrix, k, widths, bound=None, transposed=False):
+    state = empty_state(matrix.shape[0], k, matrix.dtype)
+    start = 0
+    for width in widths:
+        block = matrix[:, start : start + width]
+        if transposed:  # hand in an F-ordered transposed view, as the symmetric graph pass does
+            block = np.ascontiguousarray(block.T).T
+        merge_block_numpy(state, block, 0, start, bound)
+        start += width
+    assert start == matrix.shape[1]
+    return state
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_merge_equals_full_stable_sort_with_many_ties(dtype, transposed):
+    rng = np.random.default_rng(0)
+    matrix = rng.integers(0, 6, size=(40, 97)).astype(dtype)  # values 0..5: ties everywhere
+    state = _merge_in_column_blocks(matrix, 9, [10, 1, 30, 7, 49], transposed=transposed)
+    values, indices = _brute_topk(matrix, 9)
+    np.testing.assert_array_equal(state.indices, indices)
+    np.testing.assert_array_equal(state.values, values.astype(dtype))
+
+
+def test_bound_excludes_larger_entries_and_short_rows_are_padded():
+    rng = np.random.default_rng(1)
+    matrix = rng.random((25, 60))
+    bound = np.quantile(matrix, 0.05, axis=1)  # about 3 entries per row, fewer than k
+    state = _merge_in_column_blocks(matrix, 8, [13, 47], bound=bound)
+    values, indices = _brute_topk(matrix, 8, bound)
+    np.testing.assert_array_equal(state.indices, indices)
+    np.testing.assert_array_equal(state.values, values)
+    assert not is_full(state).any()
+
+
+def test_rows_offset_and_untouched_rows():
+    state = empty_state(5, 2, np.float64)
+    merge_block_numpy(state, np.array([[3.0, 1.0, 2.0], [0.5, 0.5, 0.1]]), row_start=2, col_start=10)
+    np.testing.assert_array_equal(state.indices[2:4], [[11, 12], [12, 10]])
+    np.testing.assert_array_equal(state.values[2:4], [[1.0, 2.0], [0.1, 0.5]])
+    assert (state.indices[[0, 1, 4]] == -1).all() and np.isinf(state.values[[0, 1, 4]]).all()
+
+
+def test_columns_must_arrive_in_increasing_order():
+    state = empty_state(1, 2, np.float64)
+    merge_block_numpy(state, np.array([[1.0, 2.0]]), 0, col_start=5)
+    with pytest.raises(ValueError, match="increasing"):
+        merge_block_numpy(state, np.array([[0.0]]), 0, col_start=3)
