@@ -17,31 +17,39 @@ from .csr import SparseRows, concatenate_rows, expand_segments, from_lengths
 from .distance import pair_distances
 from .graph import NeighbourLists
 
-ENTRIES_PER_CHUNK = 1 << 18  # (entries, K) lookups: 2^18 · K · 9 bytes
+GATHER_BYTES = 1 << 26  # feature rows gathered at once for pairs outside the top-k lists
 
 
-def reciprocal_weights(sets: SparseRows, graph: NeighbourLists, features, sq_norms, metric: str = "sqeuclidean",
-                       chunk: int = ENTRIES_PER_CHUNK) -> SparseRows:
+def reciprocal_weights(sets: SparseRows, graph: NeighbourLists, features, sq_norms,
+                       metric: str = "sqeuclidean") -> SparseRows:
     """V: `sets` (R*(i) per row) with values exp(-d_norm) normalised to sum 1 per row."""
     xp = array_module(features)
+    n = graph.indices.shape[0]
     rows = sets.row_ids()  # (nnz,)
-    dist = xp.empty(sets.nnz, dtype=features.dtype)
-    gather_chunk = max(1024, (1 << 24) // max(features.shape[1], 1))  # bounds the (pairs, d) gathers
-    for start in range(0, sets.nnz, chunk):
-        stop = min(start + chunk, sets.nnz)
-        r, c = rows[start:stop], sets.indices[start:stop]
-        hit = graph.indices[r] == c[:, None]  # (e, K)
-        found = hit.any(axis=1)
-        d = graph.distances[r, hit.astype(xp.int8).argmax(axis=1)]  # position of the hit (0 if none)
-        missing = xp.flatnonzero(~found)
-        for m0 in range(0, missing.shape[0], gather_chunk):
-            sel = missing[m0 : m0 + gather_chunk]
-            d[sel] = pair_distances(features[r[sel]], features[c[sel]], metric, sq_norms[r[sel]], sq_norms[c[sel]])
-        dist[start:stop] = d
+    dist, found = _lookup(graph, rows * n + sets.indices, n)
+    # Pairs outside row i's kept list (an expansion brought them in): compute them, a bounded batch at a time.
+    missing = xp.flatnonzero(~found)
+    batch = max(1024, GATHER_BYTES // (2 * features.shape[1] * features.itemsize))
+    for start in range(0, missing.shape[0], batch):
+        sel = missing[start : start + batch]
+        r, c = rows[sel], sets.indices[sel]
+        dist[sel] = pair_distances(features[r], features[c], metric, sq_norms[r], sq_norms[c])
     weights = xp.exp(-(dist / graph.column_max[rows]))
     sums = xp.bincount(rows, weights=weights, minlength=sets.n_rows)  # float64
     data = (weights / sums[rows]).astype(features.dtype)
     return SparseRows(sets.indptr, sets.indices, data)
+
+
+def _lookup(graph: NeighbourLists, keys, n: int):
+    """Distances of the pairs keys = i·n + j that are in row i's kept list, and which ones were found."""
+    xp = array_module(keys)
+    k = graph.indices.shape[1]
+    edge_keys = (xp.arange(n, dtype=xp.int64)[:, None] * n + graph.indices).reshape(-1)  # (N·K,)
+    order = stable_argsort(edge_keys)
+    sorted_keys = edge_keys[order]
+    at = xp.minimum(xp.searchsorted(sorted_keys, keys), n * k - 1)
+    found = sorted_keys[at] == keys
+    return graph.distances.reshape(-1)[order[at]], found  # entries not found hold an arbitrary value
 
 
 def local_query_expansion(v: SparseRows, rank, k2: int, chunk_rows: int = 4096) -> SparseRows:

@@ -22,7 +22,7 @@ def test_weights_are_normalised_gaussians_of_column_max_scaled_distances():
     lengths = rng.integers(1, 12, size=x.shape[0])
     cols = np.concatenate([np.sort(rng.choice(x.shape[0], n, replace=False)) for n in lengths])
     sets = from_lengths(lengths, cols)
-    v = reciprocal_weights(sets, graph, x, squared_norms(x), chunk=100)
+    v = reciprocal_weights(sets, graph, x, squared_norms(x))
     dist = pairwise_distances(x, x, "sqeuclidean")
     scaled = dist / dist.max(axis=0)[:, None]  # d[i, j] / colmax[i]
     dense = np.zeros_like(dist)
