@@ -41,11 +41,12 @@ def _sync(xp) -> None:
 
 def blocked_gemm(a, b, block: int, xp) -> None:
     """The same row/column blocking as the fused pass, GEMM only."""
-    out = xp.empty((min(block, a.shape[0]), min(block, b.shape[0])), dtype=a.dtype)
+    buffer = xp.empty(min(block, a.shape[0]) * min(block, b.shape[0]), dtype=a.dtype)
     for r in range(0, a.shape[0], block):
         for c in range(0, b.shape[0], block):
             rows, cols = a[r : r + block], b[c : c + block]
-            xp.matmul(rows, cols.T, out=out[: rows.shape[0], : cols.shape[0]])
+            out = buffer[: rows.shape[0] * cols.shape[0]].reshape(rows.shape[0], -1)  # contiguous, like the fused pass
+            xp.matmul(rows, cols.T, out=out)
 
 
 def main() -> None:
