@@ -23,8 +23,12 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The quick benchmarks; bench/rerank.py (minutes: N = 5k..20k against the dense form, --large 200000) runs alone.
 bench: $(VENV)/.installed
 	$(PY) bench/shard.py
+	$(PY) bench/distance.py
+	$(PY) bench/metrics.py
+	$(PY) bench/model.py
 
 clean-venv:
 	rm -rf $(VENV)
