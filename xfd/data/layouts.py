@@ -17,11 +17,9 @@ import numpy as np
 
 from .errors import DataError, SkipLog
 from .metadata import (
-    GROUND_ALTITUDE_BIN,
-    GROUND_ANGLE_BIN,
-    GROUND_DISTANCE_BIN,
     capture_bins,
     detreidx_camid,
+    no_metadata_bins,
     parse_detreidx_frame,
     parse_mars_frame,
 )
@@ -30,7 +28,6 @@ LAYOUTS = ("detreidx", "mars", "g2a", "g2a2")
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _JPEG_SUFFIXES = {".jpg", ".jpeg"}
 _CASE_FOLDER = re.compile(r"^case\d+_[A-Za-z0-9_]+$")
-_NO_METADATA_BINS = {"altitude": GROUND_ALTITUDE_BIN, "distance": GROUND_DISTANCE_BIN, "angle": GROUND_ANGLE_BIN}
 
 
 @dataclass
@@ -235,7 +232,7 @@ def _mars_tracks(
             platform = platform_of_camera(camera)
             meta = {
                 "session": None, "height": None, "distance": None, "angle": None,
-                "bins": dict(_NO_METADATA_BINS),
+                "bins": no_metadata_bins(),
                 "source": f"{image_folder}/{frame_names[0][:pid_digits]}",
                 "tracklet": key,
                 "track_row": row_number,

@@ -63,10 +63,15 @@ def angle_bin(angle_deg: float) -> int:
     return 1 if angle_deg < 75 else 2
 
 
+def no_metadata_bins() -> dict:
+    """The last bin of each: no capture metadata (ground frames, or aerial data whose names carry none)."""
+    return {"altitude": GROUND_ALTITUDE_BIN, "distance": GROUND_DISTANCE_BIN, "angle": GROUND_ANGLE_BIN}
+
+
 def capture_bins(platform: str, height_m: float, distance_m: float, angle_deg: float) -> dict:
     """The three conditioning bins for one tracklet; ground gets its own bin in each."""
     if platform == "ground":
-        return {"altitude": GROUND_ALTITUDE_BIN, "distance": GROUND_DISTANCE_BIN, "angle": GROUND_ANGLE_BIN}
+        return no_metadata_bins()
     return {"altitude": altitude_bin(height_m), "distance": distance_bin(distance_m), "angle": angle_bin(angle_deg)}
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..atomic import atomic_output, remove_temporaries, write_json_atomic
+from ..parallel import worker_results
 from .errors import DataError, SkipLog
 from .jpeg import check_jpeg_structure
 from .layouts import Tracklet, assign_train_labels, discover, hold_out_val
@@ -71,7 +71,7 @@ class PlannedShard:
 
     split: str
     index: int
-    samples: list[tuple[Tracklet, list[int], dict]] = field(default_factory=list)  # (tracklet, frame idx, meta)
+    samples: list[tuple[Tracklet, list[int], bytes]] = field(default_factory=list)  # (tracklet, frame idx, json)
     estimated_bytes: int = 0
     fingerprint: str = ""
 
@@ -125,16 +125,16 @@ def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: Shar
         except DataError as error:
             skips.handle(error, split)
             continue
-        meta = sample_metadata(tracklet, split, layout, indices)
-        size = sum(s[0] for s in stats) + 512 * (len(indices) + 2) + len(_encode_json(meta))
+        meta_json = _encode_json(sample_metadata(tracklet, split, layout, indices))
+        size = sum(s[0] for s in stats) + 512 * (len(indices) + 2) + len(meta_json)
         full_by_count = options.shard_samples is not None and len(current.samples) >= options.shard_samples
         full_by_size = current.samples and current.estimated_bytes + size > limit_bytes
         if full_by_count or full_by_size:
             shards.append(current)
             current = PlannedShard(split, len(shards))
-        current.samples.append((tracklet, indices, meta))
+        current.samples.append((tracklet, indices, meta_json))
         current.estimated_bytes += size
-        _update_fingerprint(current, meta, stats)
+        _update_fingerprint(current, meta_json, stats)
     if current.samples:
         shards.append(current)
     for shard in shards:
@@ -152,9 +152,9 @@ def _stat(path: Path) -> tuple[int, int]:
     return status.st_size, status.st_mtime_ns
 
 
-def _update_fingerprint(shard: PlannedShard, meta: dict, stats: list[tuple[int, int]]) -> None:
+def _update_fingerprint(shard: PlannedShard, meta_json: bytes, stats: list[tuple[int, int]]) -> None:
     digest = hashlib.sha256(shard.fingerprint.encode())
-    digest.update(_encode_json(meta))
+    digest.update(meta_json)
     digest.update(json.dumps(stats).encode())
     shard.fingerprint = digest.hexdigest()
 
@@ -229,11 +229,11 @@ def ustar_header(name: str, size: int) -> bytes:
     return head + b"%06o\0 " % checksum + tail
 
 
-def sample_members(tracklet: Tracklet, indices: list[int], meta: dict, options: ShardOptions):
+def sample_members(tracklet: Tracklet, indices: list[int], meta_json: bytes, options: ShardOptions):
     """The tar members of one sample: (name, bytes), json first, then frames in order."""
     frames = [_read_frame(tracklet.frame_paths[i], options) for i in indices]
     width = max(4, len(str(len(frames) - 1)))
-    members = [(f"{tracklet.key}.json", _encode_json(meta))]
+    members = [(f"{tracklet.key}.json", meta_json)]
     members += [(f"{tracklet.key}.{j:0{width}d}.jpg", data) for j, data in enumerate(frames)]
     return members
 
@@ -255,9 +255,9 @@ def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions) -> dic
     with atomic_output(folder / shard.name) as raw:
         writer = _HashingWriter(raw)
         with tarfile.open(fileobj=writer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for tracklet, indices, meta in shard.samples:
+            for tracklet, indices, meta_json in shard.samples:
                 try:
-                    members = sample_members(tracklet, indices, meta, options)
+                    members = sample_members(tracklet, indices, meta_json, options)
                 except DataError as error:
                     skips.handle(error, shard.split)
                     continue
@@ -433,21 +433,14 @@ def shard_dataset(source: Path, out: Path, options: ShardOptions, workers: int =
         return build_manifest(split, layout, options, entries[split], skipped, labels_for(split), complete)
 
     total_samples = sum(len(shard.samples) for shard, _, _ in tasks)
-    bar = tqdm(total=total_samples, unit="tracklet", desc="xfd-shard", disable=not progress)
-    context = multiprocessing.get_context("fork")
-    pool = context.Pool(workers) if workers > 1 else None
-    try:
-        results = pool.imap_unordered(_write_shard_task, tasks) if pool else map(_write_shard_task, tasks)
+    with worker_results(_write_shard_task, tasks, workers) as results, \
+            tqdm(total=total_samples, unit="tracklet", desc="xfd-shard", disable=not progress) as bar:
         for split, result in results:
             if "error" in result:
                 raise DataError(*result["error"])
             entries[split].append(result)
             write_json_atomic(split_folder(out, split) / MANIFEST_NAME, manifest_for(split, complete=False))
             bar.update(result["samples"] + len(result["skipped"]))
-    finally:
-        if pool:
-            pool.terminate()
-        bar.close()
 
     manifests = {}
     for split in splits:

@@ -8,7 +8,6 @@ gaps, no key repeated), metadata consistency, and that every frame fully decodes
 from __future__ import annotations
 
 import json
-import multiprocessing
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..parallel import worker_results
 from .errors import DataError
 from .jpeg import check_jpeg_decodes
 from .shard import MANIFEST_NAME, sha256_of_file
@@ -137,19 +137,12 @@ def verify_dataset(root: Path, workers: int = 1, progress: bool = True) -> list[
         raise DataError(str(root), f"no shard sets ({MANIFEST_NAME}) found")
     manifests = {folder: json.loads((folder / MANIFEST_NAME).read_text()) for folder in sets}
     tasks = [(folder / entry["name"], entry) for folder in sets for entry in manifests[folder]["shards"]]
-    context = multiprocessing.get_context("fork")
-    with tqdm(total=len(tasks), unit="shard", desc="verify", disable=not progress) as bar:
-        if workers > 1:
-            with context.Pool(workers) as pool:
-                checks = []
-                for check in pool.imap(_verify_task, tasks):
-                    checks.append(check)
-                    bar.update()
-        else:
-            checks = []
-            for task in tasks:
-                checks.append(_verify_task(task))
-                bar.update()
+    checks = []
+    with worker_results(_verify_task, tasks, workers, ordered=True) as results, \
+            tqdm(total=len(tasks), unit="shard", desc="verify", disable=not progress) as bar:
+        for check in results:
+            checks.append(check)
+            bar.update()
     reports, position = [], 0
     for folder in sets:
         manifest = manifests[folder]

@@ -10,7 +10,6 @@ the configuration, not on the number of workers.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import resource
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ...atomic import write_json_atomic
+from ...parallel import worker_results
 from .plan import Person, SynthConfig, build_plan
 from .tracklet import RenderSettings, render_tracklet
 
@@ -123,24 +123,13 @@ def generate(config: SynthConfig, out: str | os.PathLike, workers: int = 1, over
         jobs = sorted(((spec, settings, str(tmp)) for spec in specs),
                       key=lambda job: (-(job[0].frames * (3 if job[0].platform == "ground" else 1)), job[0].folder))
         records = []
-        # the pool exists before tqdm starts its monitor thread, so no thread is running when workers fork
-        pool = None
-        if workers > 1:
-            pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers)
-        try:
-            results = pool.imap_unordered(_render, jobs, chunksize=1) if pool else map(_render, jobs)
-            # disable=None: a bar on a terminal, none in logs
-            with tqdm(total=sum(spec.frames for spec in specs), unit="frame", disable=None if progress else True,
-                      desc="xfd-synth") as bar:
-                for record in results:
-                    records.append(record)
-                    bar.update(record["frames"])
-            if pool is not None:
-                pool.close()
-                pool.join()  # reaps the workers, so their CPU time counts in RUSAGE_CHILDREN
-        finally:
-            if pool is not None:
-                pool.terminate()
+        # the pool is opened before tqdm starts its monitor thread, so no thread is running when workers fork
+        with worker_results(_render, jobs, workers) as results, \
+                tqdm(total=sum(spec.frames for spec in specs), unit="frame", disable=None if progress else True,
+                     desc="xfd-synth") as bar:  # disable=None: a bar on a terminal, none in logs
+            for record in results:
+                records.append(record)
+                bar.update(record["frames"])
         records.sort(key=lambda record: record["folder"])
         write_json_atomic(tmp / TRUTH_FILE, {
             "generator": "xfd-synth",
