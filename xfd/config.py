@@ -5,8 +5,9 @@ up front: an unknown key, a value of the wrong type or a value out of range is a
 dotted key (``model.temporal.pooling: expected one of ['mean', 'attention', 'qatw'], got 'max'``), so a typo never
 silently falls back to a default.
 
-Sections: `model` (this file's first tenant). Later issues add `data`, `train` and `eval` beside it as further
-dataclass fields of `ExperimentConfig`; the loader needs no change for that.
+Sections: `model` (what `build_model` builds), `data` (shards, frames, augmentation), `train` (the two-stage
+schedule, batching, checkpoints, fault policies) and `eval` (feature extraction). DeepSpeed JSON files hold
+engine settings only (ARCHITECTURE decision 6).
 
 Overrides: `load_config(path, ["model.temporal.pooling=mean", "model.num_classes=120"])` applies dotted
 ``key=value`` pairs to the raw YAML tree before validation (values are parsed as YAML scalars/lists, so ``=null``,
@@ -199,11 +200,161 @@ class ModelConfig:
                  "metadata.targets", "'prompts' is a target but prompts.enabled is false")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# data, train and eval sections
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AugmentConfig:
+    """Clip-consistent training augmentation (REFERENCE §4): one draw per tracklet, applied to all its frames."""
+
+    flip_p: float = 0.5
+    pad: int = 10
+    erase_p: float = 0.5
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+    hue: float = 0.05  # fraction of a full turn
+
+    def __post_init__(self):
+        for key in ("flip_p", "erase_p"):
+            _require(0.0 <= getattr(self, key) <= 1.0, key, f"must lie in [0, 1], got {getattr(self, key)}")
+        _require(self.pad >= 0, "pad", f"must be >= 0, got {self.pad}")
+        for key in ("brightness", "contrast", "saturation"):
+            _require(0.0 <= getattr(self, key) < 1.0, key, f"must lie in [0, 1), got {getattr(self, key)}")
+        _require(0.0 <= self.hue <= 0.5, "hue", f"must lie in [0, 0.5], got {self.hue}")
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how tracklets become batches. Frame size = model.backbone.image_size."""
+
+    root: Optional[str] = None  # the xfd-shard output folder (with dataset.json); `--data DIR` sets it
+    train_split: str = "train"
+    val_split: Optional[str] = "val"  # held-out identities for validation; null = no validation
+    num_frames: int = 16  # L frames per tracklet
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    dali_threads: int = 2  # DALI CPU threads per rank
+    prefetch: int = 2  # batches decoded ahead of the training step
+    # A corrupt frame met while training: `raise` stops with shard, key and frame named; `skip` replaces the
+    # tracklet by another of the same identity and counts it (listed in the run's skipped.json).
+    on_error: Literal["raise", "skip"] = "raise"
+
+    def __post_init__(self):
+        _require(self.num_frames >= 1, "num_frames", f"must be >= 1, got {self.num_frames}")
+        _require(self.dali_threads >= 1, "dali_threads", f"must be >= 1, got {self.dali_threads}")
+        _require(self.prefetch >= 1, "prefetch", f"must be >= 1, got {self.prefetch}")
+
+
+@dataclass
+class StageConfig:
+    """One stage of the CLIP-ReID schedule: Adam, linear warm-up from `warmup_factor`·LR, then cosine."""
+
+    epochs: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 5.0
+    warmup_factor: float = 0.1  # LR at step 0 = lr x warmup_factor
+    min_lr_factor: float = 0.01  # LR at the end of the cosine = lr x min_lr_factor
+    # Stage 1 only: cached image features per rank per step (stage 2's micro-batch is P x K tracklets).
+    batch_size: int = 64
+
+    def __post_init__(self):
+        _require(self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
+        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
+        _require(0 < self.warmup_factor <= 1, "warmup_factor", f"must lie in (0, 1], got {self.warmup_factor}")
+        _require(0 <= self.min_lr_factor <= 1, "min_lr_factor", f"must lie in [0, 1], got {self.min_lr_factor}")
+        _require(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
+
+
+@dataclass
+class LossConfig:
+    """Stage-2 loss weights (paper: 0.25 ID + 1.0 triplet + 1.0 i2tce) and the image-text similarity scale."""
+
+    id_weight: float = 0.25
+    triplet_weight: float = 1.0
+    i2tce_weight: float = 1.0
+    i2t_weight: float = 0.0  # optional stage-2 SupCon terms against the fixed text features
+    t2i_weight: float = 0.0
+    label_smoothing: float = 0.1
+    triplet_margin: float = 0.3
+    # Image-text logits = (normalised image . normalised text) / temperature, in both stages.
+    temperature: float = 0.07
+
+    def __post_init__(self):
+        for key in ("id_weight", "triplet_weight", "i2tce_weight", "i2t_weight", "t2i_weight"):
+            _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        _require(0 <= self.label_smoothing < 1, "label_smoothing", f"must lie in [0, 1), got {self.label_smoothing}")
+        _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+
+
+@dataclass
+class TrainConfig:
+    """The two-stage schedule, batching, checkpointing and fault policy. Engine settings (ZeRO stage,
+    offload, communication) live in the DeepSpeed JSON; batch sizes, clipping and precision are set from here."""
+
+    seed: int = 0
+    identities: int = 4  # P identities per micro-batch per rank
+    instances: int = 4  # K tracklets per identity; micro-batch = P x K
+    gradient_accumulation: int = 1
+    # Optional check: the global batch this run must have (micro x accumulation x world); 0 = no check.
+    global_batch: int = 0
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 on GPUs, fp32 on CPU
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=50, lr=3.5e-4, weight_decay=1e-4,
+                                                                     warmup_epochs=5, batch_size=48))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=40, lr=1e-4, weight_decay=2.5e-4,
+                                                                     warmup_epochs=5))
+    loss: LossConfig = field(default_factory=LossConfig)
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0 = only at epoch ends)
+    keep_checkpoints: int = 2  # the last K checkpoints are kept
+    validate_every: int = 5  # stage-2 epochs between validations (and after the last); 0 = never
+    log_every: int = 10  # optimizer steps between monitor/CSV scalars
+    # A NaN/inf loss: `raise` stops the run naming stage, epoch, step and the batch's tracklets; `skip` drops
+    # that micro-batch on every rank (no update) and counts it.
+    on_nonfinite: Literal["raise", "skip"] = "raise"
+    max_steps: int = 0  # stop after this many optimizer steps in total (smoke tests); 0 = the full schedule
+
+    def __post_init__(self):
+        for key in ("identities", "instances", "gradient_accumulation"):
+            _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        _require(self.identities * self.instances >= 2, "instances", "a micro-batch needs at least 2 tracklets")
+        _require(self.global_batch >= 0, "global_batch", f"must be >= 0, got {self.global_batch}")
+        _require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        _require(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        for key in ("checkpoint_every", "validate_every", "max_steps"):
+            _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        _require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+
+    @property
+    def micro_batch(self) -> int:
+        """Tracklets per rank per forward pass in stage 2 (P x K)."""
+        return self.identities * self.instances
+
+
+@dataclass
+class EvalConfig:
+    """Feature extraction for validation and evaluation."""
+
+    batch_size: int = 8  # tracklets per extraction batch
+    flip_tta: bool = True
+    rerank: bool = False  # k-reciprocal re-ranking in validation
+
+    def __post_init__(self):
+        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+
+
 @dataclass
 class ExperimentConfig:
-    """A whole experiment. Later issues add `data`, `train` and `eval` sections beside `model`."""
+    """A whole experiment: the model, the data it reads, how it trains and how it is evaluated."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -85,7 +85,8 @@ class QualityAwarePool(AttentionPool):
         self.prior = prior
         if prior:
             # kappa = softplus(k0 + k_alt + k_dist) = 1 at init
-            self.kappa_base = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))
+            # shape (1,), not a 0-dim scalar: DeepSpeed broadcasts parameters as byte views, which 0-dim ones lack
+            self.kappa_base = nn.Parameter(torch.full((1,), math.log(math.e - 1.0)))
             self.kappa_altitude = nn.Embedding(meta_cfg.altitude_bins + 1, 1)
             self.kappa_distance = nn.Embedding(meta_cfg.distance_bins + 1, 1)
             nn.init.zeros_(self.kappa_altitude.weight)

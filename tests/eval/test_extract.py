@@ -1,0 +1,207 @@
+"""Feature extraction from real shards: labels and order, padding of the last batch, 1 rank ≡ 2 ranks (in one
+process and as two gloo processes), error cases, and held-out validation end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from xfd.config import load_config
+from xfd.data.errors import DataError
+from xfd.data.shard import ShardOptions, shard_dataset
+from xfd.eval.extract import FeatureSet, extract_split, gather_feature_sets
+from xfd.eval.heldout import validate
+from xfd.model import build_model
+
+from dataset_builders import write_detreidx
+
+OVERRIDES = ["model.num_classes=2", "model.backbone.image_size=[32,16]"]
+IMAGE_SIZE = (32, 16)
+FRAMES = 4
+VAL_IDS = 3
+
+
+def _spec():
+    """5 train identities, each seen by two ground cameras and from two aerial capture points."""
+    spec, tid = [], 1000
+    for pid in range(1, 6):
+        views = [("ground", dict(camera=1)), ("ground", dict(camera=2)),
+                 ("aerial", dict(capture=(30, 5.8, 10))), ("aerial", dict(capture=(60, 30, 20)))]
+        for platform, extra in views:
+            tid += 1
+            spec.append(dict(split="train", pid=pid, tid=tid, platform=platform, frames=2 + tid % 5, **extra))
+    return spec
+
+
+@pytest.fixture(scope="module")
+def val_split(tmp_path_factory):
+    """The held-out `val` shard set: 3 identities × 4 tracklets in shards of ≤ 5 (5, 5, 2)."""
+    root = tmp_path_factory.mktemp("extract")
+    write_detreidx(root / "src", _spec())
+    shard_dataset(root / "src", root / "shards", ShardOptions(val_ids=VAL_IDS, shard_samples=5), progress=False)
+    return root / "shards" / "val"
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(load_config("tiny.yaml", OVERRIDES).model)
+
+
+def _extract(model, folder, **kwargs):
+    options = dict(num_frames=FRAMES, batch_size=5, image_size=IMAGE_SIZE, num_threads=1, progress=False)
+    options.update(kwargs)
+    return extract_split(model, folder, **options)
+
+
+def _assert_same(a: FeatureSet, b: FeatureSet, atol=1e-5):
+    assert a.keys == b.keys
+    np.testing.assert_allclose(a.features, b.features, atol=atol, rtol=0)
+    for name in ("pids", "camids", "platform"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_features_are_normalised_labelled_in_key_order_and_mode_is_restored(model, val_split):
+    manifest = json.loads((val_split / "manifest.json").read_text())
+    keys = [k for shard in manifest["shards"] for k in shard["keys"]]
+    camids = [c for shard in manifest["shards"] for c in shard["camids"]]
+    pids = [p for shard in manifest["shards"] for p in shard["pids"]]
+    model.train()
+    out = _extract(model, val_split)
+    assert model.training  # the previous mode is given back
+    assert out.keys == sorted(keys) and len(out) == 4 * VAL_IDS
+    assert out.features.dtype == np.float32 and out.features.shape == (len(out), model.feature_dim)
+    np.testing.assert_allclose(np.linalg.norm(out.features, axis=1), 1.0, atol=1e-5)
+    by_key = dict(zip(keys, zip(pids, camids)))
+    assert out.pids.tolist() == [by_key[k][0] for k in out.keys]
+    assert out.camids.tolist() == [by_key[k][1] for k in out.keys]
+    # capture-point camid rule: ground 0..9, aerial 10 + capture point
+    assert out.platform.dtype == np.int8 and out.platform.tolist() == [int(c >= 10) for c in out.camids]
+    assert sorted(np.bincount(out.platform).tolist()) == [2 * VAL_IDS, 2 * VAL_IDS]
+
+
+def test_padded_last_batch_equals_batches_of_one(model, val_split):
+    padded = _extract(model, val_split, batch_size=5)  # 12 tracklets: 5 + 5 + 2 padded to 5
+    alone = _extract(model, val_split, batch_size=1, flip_tta=True)
+    _assert_same(padded, alone)
+    no_tta = _extract(model, val_split, batch_size=5, flip_tta=False)
+    assert not np.allclose(no_tta.features, padded.features, atol=1e-4)  # flip TTA is applied
+
+
+def test_two_ranks_concatenated_equal_one_rank(model, val_split):
+    whole = _extract(model, val_split)
+    parts = [_extract(model, val_split, batch_size=3, rank=r, world_size=2) for r in range(2)]
+    assert [len(p) for p in parts] == [7, 5]  # shards 0 and 2 | shard 1
+    assert not set(parts[0].keys) & set(parts[1].keys)
+    _assert_same(FeatureSet.concatenate(parts[::-1]), whole)
+    assert gather_feature_sets(whole, 1) is not whole and gather_feature_sets(whole, 1).keys == whole.keys
+
+
+def test_a_rank_without_shards_returns_an_empty_part(model, val_split):
+    empty = _extract(model, val_split, rank=4, world_size=5)  # 3 shards for 5 ranks
+    assert len(empty) == 0 and empty.features.shape == (0, model.feature_dim)
+
+
+_RANK_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np, torch, torch.distributed as dist
+    from xfd.config import load_config
+    from xfd.model import build_model
+    from xfd.eval.extract import extract_split, gather_feature_sets
+    rank, world, folder, weights, init, out = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    model = build_model(load_config("tiny.yaml", {overrides!r}).model)
+    model.load_state_dict(torch.load(weights))
+    part = extract_split(model, folder, num_frames={frames}, batch_size=3, image_size={size!r}, rank=rank,
+                         world_size=world, num_threads=1, progress=False)
+    full = gather_feature_sets(part, world)
+    np.savez(out, keys=np.array(full.keys), features=full.features, pids=full.pids, camids=full.camids,
+             platform=full.platform, part=len(part))
+    dist.destroy_process_group()
+""").format(overrides=OVERRIDES, frames=FRAMES, size=IMAGE_SIZE)
+
+
+def test_two_gloo_processes_gather_the_one_rank_result(model, val_split, tmp_path):
+    weights = tmp_path / "model.pt"
+    torch.save(model.state_dict(), weights)
+    init = f"file://{tmp_path / 'rendezvous'}"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, str(rank), "2", str(val_split), str(weights),
+                               init, str(tmp_path / f"rank{rank}.npz")], env=env, stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]
+    errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(errors)
+    whole = _extract(model, val_split)
+    for rank in range(2):
+        with np.load(tmp_path / f"rank{rank}.npz") as got:
+            assert int(got["part"]) == [7, 5][rank]
+            gathered = FeatureSet(got["keys"].tolist(), got["features"], got["pids"], got["camids"], got["platform"])
+        _assert_same(gathered, whole)
+
+
+def test_gather_without_process_group_is_an_error(model):
+    part = FeatureSet(["a"], np.ones((1, 2), np.float32) / np.sqrt(2), np.array([1]), np.array([0]),
+                      np.array([0], np.int8))
+    with pytest.raises(RuntimeError, match="not initialised"):
+        gather_feature_sets(part, 2)
+
+
+def test_duplicate_keys_across_parts_are_an_error():
+    part = FeatureSet(["a"], np.ones((1, 2), np.float32), np.array([1]), np.array([0]), np.array([0], np.int8))
+    with pytest.raises(ValueError, match="more than one part"):
+        FeatureSet.concatenate([part, part])
+
+
+def test_missing_split_is_an_error_naming_the_folder(model, tmp_path):
+    with pytest.raises(DataError) as caught:
+        _extract(model, tmp_path / "nowhere")
+    assert "nowhere" in caught.value.item
+
+
+class _NaNForAerial(nn.Module):
+    """A stand-in model whose aerial features are NaN."""
+
+    feature_dim = 2
+
+    def extract(self, frames, platform, meta, flip_tta=False):
+        out = torch.ones(frames.shape[0], 2) / 2**0.5  # (B, 2)
+        out[platform == 1] = float("nan")
+        return out
+
+
+def test_nan_features_are_an_error_naming_the_tracklets(val_split):
+    manifest = json.loads((val_split / "manifest.json").read_text())
+    aerial = sorted(k for s in manifest["shards"] for k, c in zip(s["keys"], s["camids"]) if c >= 10)
+    with pytest.raises(ValueError, match="NaN or inf features for 6 tracklet") as caught:
+        _extract(_NaNForAerial(), val_split)
+    assert str(caught.value).endswith(": " + ", ".join(aerial)) and str(val_split) in str(caught.value)
+
+
+def test_heldout_validation_of_extracted_features(model, val_split):
+    features = _extract(model, val_split)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every protocol is evaluable: no warning
+        results, mean = validate(features)
+    assert sorted(results) == ["A2A", "A2G", "G2A"] and mean["num_protocols"] == 3
+    for name, metrics in results.items():
+        assert metrics.num_queries == 2 * VAL_IDS and metrics.num_skipped == 0, name
+        assert 0 < metrics.mAP <= 1
+
+
+def test_empty_split_is_an_error_naming_the_folder(model, tmp_path):
+    folder = tmp_path / "val"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"complete": True, "shards": []}))
+    with pytest.raises(DataError, match="empty") as caught:
+        _extract(model, folder)
+    assert str(folder) in caught.value.item

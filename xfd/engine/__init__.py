@@ -1,0 +1,10 @@
+"""xfd.engine: the two-stage CLIP-ReID training run on a DeepSpeed ZeRO engine.
+
+    deepspeed launcher/train.py --deepspeed ds_configs/zero2.json --config xfd_vitl14.yaml --data SHARDS --output RUN
+
+`train.run_training` is the whole run read top to bottom: run folder → stage 1 (cache image features, learn
+the identity text prompts) → stage 2 (train the image side) → export. `deepspeed_config` merges the engine JSON
+with what the experiment config owns (batch sizes, clipping, precision, monitor paths); `checkpoint` saves,
+resumes, prunes and exports; `schedule` is the warm-up + cosine LR; `objectives` the two stages' losses;
+`progress` the rank-0 bar and scalar logging.
+"""

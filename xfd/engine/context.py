@@ -1,0 +1,115 @@
+"""Who this process is in the run (rank, world, device) and the run folder's identity files.
+
+Nothing assumes one node: ranks and world come from the launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK,
+LOCAL_WORLD_SIZE, set by `deepspeed` on every node), the device is the local rank's GPU, and only global rank 0
+writes shared files in the run folder (which must therefore be on a filesystem every node sees, or be read only
+from the first node).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from xfd.atomic import write_bytes_atomic, write_json_atomic
+from xfd.config import ExperimentConfig, dump_config
+
+
+@dataclass(frozen=True)
+class RunContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    run_dir: Path
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if torch.distributed.is_initialized() and self.world_size > 1:
+            torch.distributed.barrier()
+
+
+def start_distributed(run_dir: str | Path) -> RunContext:
+    """Initialise torch.distributed through DeepSpeed (NCCL on GPUs, gloo on CPU) and describe this process."""
+    import deepspeed
+
+    cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    world = torch.distributed.get_world_size()
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if not cuda and "OMP_NUM_THREADS" not in os.environ:  # ranks of one CPU node share its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    return RunContext(rank=torch.distributed.get_rank(), world_size=world, local_rank=local_rank,
+                      local_world_size=local_world, device=torch.device("cuda", local_rank) if cuda else
+                      torch.device("cpu"), run_dir=Path(run_dir))
+
+
+def git_revision(path: Path) -> str | None:
+    """The commit of the code that runs (None outside a git checkout), with `-dirty` for uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_run_identity(ctx: RunContext, cfg: ExperimentConfig, engine_json: dict, ds_config_path: str,
+                       resumed_from: str | None) -> None:
+    """config.yaml (the resolved experiment config) and run.json (command, git revision, world, engine JSON).
+    A resumed run must use the same config: a different one is refused (it would not reproduce the run)."""
+    if not ctx.is_main:
+        return
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    text = dump_config(cfg)
+    config_path = ctx.run_dir / "config.yaml"
+    if resumed_from is not None and config_path.is_file() and config_path.read_text() != text:
+        raise ValueError(f"{config_path}: the run was started with a different config; resume it with the same "
+                         "--config and overrides (or start a new --output folder)")
+    write_bytes_atomic(config_path, text.encode())
+    history = ctx.run_dir / "run.json"
+    import json
+
+    launches = json.loads(history.read_text())["launches"] if history.is_file() else []
+    launches.append({
+        "command": [sys.executable, *sys.argv],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git": git_revision(Path(__file__).resolve().parent),
+        "world_size": ctx.world_size,
+        "device": str(ctx.device),
+        "deepspeed_config": ds_config_path,
+        "deepspeed_config_resolved": engine_json,
+        "resumed_from": resumed_from,
+        "versions": _versions(),
+    })
+    write_json_atomic(history, {"launches": launches})
+
+
+def _versions() -> dict:
+    import deepspeed
+    import open_clip
+
+    import xfd
+
+    return {"xfd": xfd.__version__, "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+            "open_clip": open_clip.__version__, "python": sys.version.split()[0]}
