@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from xfd.config import dump_config
+from xfd.config import ExperimentConfig, dump_config
 from xfd.data.index import ShardIndex
 from xfd.data.loader import TrainLoader
 from xfd.data.pipeline import AugmentSettings, FramePipeline
@@ -27,9 +27,10 @@ from xfd.eval.rerank import RerankParams
 from xfd.model import param_groups
 
 
-def augment_settings(run: Run) -> AugmentSettings:
-    height, width = run.cfg.model.backbone.image_size
-    a = run.cfg.data.augment
+def augment_settings(cfg: ExperimentConfig) -> AugmentSettings:
+    """The DALI pipeline's training augmentation from the config (frame size = the model's input size)."""
+    height, width = cfg.model.backbone.image_size
+    a = cfg.data.augment
     return AugmentSettings(height=height, width=width, flip_p=a.flip_p, pad=a.pad, erase_p=a.erase_p,
                            brightness=a.brightness, contrast=a.contrast, saturation=a.saturation, hue=a.hue)
 
@@ -95,7 +96,7 @@ def train_image_side(run: Run, model, index: ShardIndex, text_state: dict) -> No
         pos = run.position = Position.from_state(load_checkpoint(engine, ctx.run_dir, run.resume_tag,
                                                                  ctx.rank)["xfd_position"])
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
-    pipeline = FramePipeline(tracklets=train.micro_batch, frames=cfg.data.num_frames, settings=augment_settings(run),
+    pipeline = FramePipeline(tracklets=train.micro_batch, frames=cfg.data.num_frames, settings=augment_settings(cfg),
                              train=True, device_id=ctx.local_rank if ctx.cuda else None,
                              num_threads=cfg.data.dali_threads, seed=train.seed * 1_000_003 + ctx.rank)
     loader = TrainLoader(index, sampler, pipeline, rank=ctx.rank, num_frames=cfg.data.num_frames, seed=train.seed,
