@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Caches outside the repository survive clean clones (DeepSpeed compiles a small op on first CPU run).
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/xfd/torch_extensions
-export DS_ACCELERATOR ?= cpu
+# DeepSpeed's accelerator: cuda where a GPU driver is present, else cpu (gloo).
+export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 
 .PHONY: demo test bench install clean-venv
 
@@ -29,6 +30,8 @@ bench: $(VENV)/.installed
 	$(PY) bench/distance.py
 	$(PY) bench/metrics.py
 	$(PY) bench/model.py
+	$(PY) bench/pipeline.py --seconds 10
+	$(PY) bench/train_step.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -42,7 +42,10 @@ def test_paper_settings_are_what_the_final_config_says():
     ("model.text.template=A photo of X person.", "model.text.template", "consecutive 'X'"),
     ("model.num_classes=0", "model.num_classes", "must be >= 1"),
     ("model.prompts.enabled=false", "model.metadata.targets", "prompts.enabled is false"),
-    ("data.root=/x", "data", "unknown key"),
+    ("optim.lr=1", "optim", "unknown key"),
+        ("data.num_frames=0", "data.num_frames", "must be >= 1"),
+        ("train.stage2.lr=0", "train.stage2.lr", "must be > 0"),
+        ("train.on_nonfinite=ignore", "train.on_nonfinite", "expected one of"),
 ])
 def test_bad_values_name_their_key(override, key, fragment):
     with pytest.raises(ConfigError) as err:

@@ -24,6 +24,8 @@ from . import shard as shard_cli
 from . import synth as synth_cli
 
 REPO_LAUNCHER = Path(__file__).resolve().parents[2] / "launcher" / "train.py"
+# The tiny model starts from random weights: freezing its backbone blocks would freeze noise.
+DEMO_OVERRIDES = ["model.finetune.freeze_backbone=false"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--deepspeed-config", default="ds_configs/zero2.json")
     parser.add_argument("--config", default="tiny.yaml", help="experiment config of the training step")
     parser.add_argument("--skip-training", action="store_true", help="stop after sharding (the data steps only)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help=f"training config overrides (default: {' '.join(DEMO_OVERRIDES)})")
     return parser
 
 
@@ -104,6 +107,7 @@ def compare(untrained: dict, trained: dict) -> tuple[str, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.overrides = args.overrides or list(DEMO_OVERRIDES)
     if args.out.exists():
         shutil.rmtree(args.out)
     raw, shards, run = args.out / "synthetic", args.out / "shards", args.out / "run"
