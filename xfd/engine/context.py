@@ -47,6 +47,10 @@ def start_distributed(run_dir: str | Path) -> RunContext:
     """Initialise torch.distributed through DeepSpeed (NCCL on GPUs, gloo on CPU) and describe this process."""
     import deepspeed
 
+    # MKL's CPU matmuls otherwise round differently depending on how their inputs happen to be aligned in memory,
+    # so a resumed run (other allocations) drifts from the uninterrupted one by an ulp within a few steps. Strict
+    # conditional numerical reproducibility removes that at no measurable cost; MKL reads it at its first call.
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
     cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
@@ -54,6 +58,10 @@ def start_distributed(run_dir: str | Path) -> RunContext:
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     world = torch.distributed.get_world_size()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if not cuda:
+        # oneDNN's CPU convolutions (the patch embedding) pick kernels by memory layout and alignment, so a
+        # resumed process could round differently from the uninterrupted one; the plain kernels always agree.
+        torch.backends.mkldnn.enabled = False
     if not cuda and "OMP_NUM_THREADS" not in os.environ:  # ranks of one CPU node share its cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     return RunContext(rank=torch.distributed.get_rank(), world_size=world, local_rank=local_rank,

@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.utils.data
 from tqdm import tqdm
 
+from xfd.data.jpeg import check_jpeg_structure
 from xfd.data.pipeline import AugmentSettings, FramePipeline
 from xfd.data.shard import MANIFEST_NAME
 from xfd.data.stream import StreamOptions, tracklet_stream
@@ -148,6 +149,9 @@ def extract_split(model, folder: str | Path, *, num_frames: int, batch_size: int
             for batch in _batches(loader, batch_size):
                 n = len(batch)
                 padded = batch + [batch[-1]] * (batch_size - n)
+                for t in batch:  # a damaged frame is named here, not as DALI's anonymous "sample #n"
+                    for i, data in zip(t["frame_indices"], t["frames"]):
+                        check_jpeg_structure(data, f"{t['url']} [{t['key']}] frame {i}")
                 frames, _ = pipe.run([t["frames"] for t in padded])  # (B, L, 3, H, W)
                 batch_labels = [_labels(t) for t in padded]
                 platform = torch.tensor([lab[2] for lab in batch_labels], dtype=torch.long, device=device)  # (B,)
