@@ -140,7 +140,7 @@ def extract_split(model, folder: str | Path, *, num_frames: int, batch_size: int
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=loader_workers)
 
     keys, features, labels = [], [], []
-    dtype = next(model.parameters()).dtype  # bf16 under a bf16 DeepSpeed engine
+    dtype = next(iter(model.parameters()), torch.empty(0)).dtype  # bf16 under a bf16 DeepSpeed engine
     was_training = model.training
     model.eval()
     try:
