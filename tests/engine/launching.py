@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from xfd.cli.demo import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
@@ -33,12 +34,6 @@ RESUME_OVERRIDES = [
 ]
 RESUME_TOTAL_STEPS = 18
 SHORT_OVERRIDES = ["train.stage1.epochs=1", "train.stage2.epochs=1", "train.validate_every=1"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch_env() -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from xfd.engine.checkpoint import install_safe_loading, save_checkpoint, tag_for
 from xfd.engine.context import RunContext
 from xfd.engine.deepspeed_config import build_deepspeed_config, offloads_optimizer, read_engine_json, zero_stage
 from xfd.engine.schedule import warmup_cosine
-from xfd.engine.steps import Position
+from xfd.engine.steps import NonFiniteLoss, Position, nonfinite, nonfinite_message, reduced_scalars
 from xfd.plots import CsvScalarLog
 
 
@@ -32,13 +33,10 @@ class Run:
     data_wait_share: float = 0.0  # stage 2: fraction of logged step time spent waiting for data
     skips: object = None  # stage 2 loader's SkipLog (corrupt frames under data.on_error=skip)
 
-    @property
-    def engine_json(self) -> dict:
-        return read_engine_json(self.ds_config_path)
-
-    @property
+    @cached_property
     def zero3(self) -> bool:
-        return zero_stage(self.engine_json) == 3
+        """Parameters partitioned (ZeRO-3): exports gather them, validation runs the whole split on every rank."""
+        return zero_stage(read_engine_json(self.ds_config_path)) == 3
 
     def stopped(self) -> bool:
         """`train.max_steps` reached (smoke runs)."""
@@ -81,6 +79,30 @@ def make_engine(run: Run, module: torch.nn.Module, param_groups: list[dict], sta
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=schedule, config=config)
     install_safe_loading(engine)
     return engine, total
+
+
+def take_micro_step(run: Run, engine, progress, loss: torch.Tensor, parts: dict[str, torch.Tensor], *, epoch: int,
+                    step: int, batch_names, tracklets: int, frames: int, wait_seconds: float) -> None:
+    """One micro-step of either stage after its loss: rank-averaged scalars, the non-finite policy (every rank
+    decides alike), backward + step, and at each accumulation boundary the optimizer step's log and checkpoint.
+    `batch_names()` names the batch's tracklets for the non-finite error (called only then)."""
+    pos, train = run.position, run.cfg.train
+    scalars = reduced_scalars(loss, parts, run.ctx.world_size)
+    pos.epoch, pos.step = epoch, step + 1
+    if nonfinite(scalars):
+        if train.on_nonfinite == "raise":
+            raise NonFiniteLoss(nonfinite_message(pos.stage, epoch, step, batch_names(), scalars))
+        pos.skipped_nonfinite += 1
+        return
+    engine.backward(loss)
+    engine.step()
+    pos.micro_steps += 1
+    progress.micro_step(scalars, tracklets=tracklets, frames=frames, wait_seconds=wait_seconds)
+    if pos.micro_steps % train.gradient_accumulation == 0:
+        pos.global_step += 1
+        progress.optimizer_step(epoch=epoch, step=step, global_step=pos.global_step, lr=current_lr(engine))
+        if train.checkpoint_every and pos.global_step % train.checkpoint_every == 0:
+            run.checkpoint(engine)
 
 
 def current_lr(engine) -> float:

@@ -26,7 +26,7 @@ class StageProgress:
         self.bar = tqdm(total=total_steps, initial=done_steps, desc=f"stage {stage}", unit="step",
                         disable=not is_main, dynamic_ncols=True)
         self._reset()
-        self.totals = {"wait": 0.0, "time": 0.0, "steps": 0}
+        self.totals = {"wait": 0.0, "time": 0.0}
 
     def _reset(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)
@@ -54,7 +54,6 @@ class StageProgress:
                       "speed/frames_per_s": self.frames / elapsed, "speed/data_wait_pct": 100.0 * self.wait / elapsed})
         self.totals["wait"] += self.wait
         self.totals["time"] += elapsed
-        self.totals["steps"] += 1
         if self.is_main:
             self.bar.set_postfix_str(
                 f"loss {means.get('loss', float('nan')):.4f} acc {means.get('acc', float('nan')):.3f} lr {lr:.2e} "

@@ -18,10 +18,10 @@ from safetensors.torch import load_file, save
 from xfd.atomic import write_bytes_atomic
 from xfd.data.index import ShardIndex
 from xfd.engine.checkpoint import full_state_dict, load_checkpoint
-from xfd.engine.common import Run, current_lr, make_engine, monitor_of, release, text_state_path
+from xfd.engine.common import Run, make_engine, monitor_of, release, take_micro_step, text_state_path
 from xfd.engine.objectives import stage1_loss
 from xfd.engine.progress import StageProgress
-from xfd.engine.steps import NonFiniteLoss, Position, nonfinite, nonfinite_message, reduced_scalars
+from xfd.engine.steps import Position
 from xfd.eval.extract import extract_split, gather_feature_sets
 
 IMAGE_CACHE = "stage1_image_features.safetensors"
@@ -80,35 +80,21 @@ def train_prompts(run: Run, model, index: ShardIndex) -> dict[str, torch.Tensor]
     if run.resume_tag is not None and pos.stage == 1:
         pos = run.position = Position.from_state(load_checkpoint(engine, ctx.run_dir, run.resume_tag,
                                                                  ctx.rank)["xfd_position"])
-    accumulation = cfg.train.gradient_accumulation
     progress = StageProgress(stage=1, total_steps=total, done_steps=pos.global_step, is_main=ctx.is_main,
                              monitor=monitor_of(engine, ctx.is_main), log=run.log, log_every=cfg.train.log_every)
-    for epoch in range(pos.epoch, s1.epochs):
+    start_epoch, start_step = pos.epoch, pos.step
+    for epoch in range(start_epoch, s1.epochs):
         order = epoch_order(len(labels), batch, world, cfg.train.seed, epoch)
-        for step in range(pos.step if epoch == pos.epoch else 0, steps):
+        for step in range(start_step if epoch == start_epoch else 0, steps):
             if run.stopped():
                 break
             rows = order[(step * world + ctx.rank) * batch:(step * world + ctx.rank + 1) * batch]
             batch_labels = labels[rows].to(ctx.device)  # (B,)
             text_features = engine(batch_labels)  # (B, E)
             loss, parts = stage1_loss(features[rows].to(ctx.device), text_features, batch_labels, cfg.train.loss)
-            scalars = reduced_scalars(loss, parts, world)
-            pos.epoch, pos.step = epoch, step + 1
-            if nonfinite(scalars):
-                if cfg.train.on_nonfinite == "raise":
-                    raise NonFiniteLoss(nonfinite_message(1, epoch, step, [f"label {int(v)}" for v in batch_labels],
-                                                          scalars))
-                pos.skipped_nonfinite += 1
-                continue
-            engine.backward(loss)
-            engine.step()
-            pos.micro_steps += 1
-            progress.micro_step(scalars, tracklets=len(rows), frames=0, wait_seconds=0.0)
-            if pos.micro_steps % accumulation == 0:
-                pos.global_step += 1
-                progress.optimizer_step(epoch=epoch, step=step, global_step=pos.global_step, lr=current_lr(engine))
-                if cfg.train.checkpoint_every and pos.global_step % cfg.train.checkpoint_every == 0:
-                    run.checkpoint(engine)
+            take_micro_step(run, engine, progress, loss, parts, epoch=epoch, step=step,
+                            batch_names=lambda: [f"label {int(v)}" for v in batch_labels], tracklets=len(rows),
+                            frames=0, wait_seconds=0.0)
         if run.stopped():
             break
         pos.epoch, pos.step = epoch + 1, 0

@@ -16,10 +16,10 @@ from xfd.data.loader import TrainLoader
 from xfd.data.pipeline import AugmentSettings, FramePipeline
 from xfd.data.pk import PKSampler
 from xfd.engine.checkpoint import full_state_dict, load_checkpoint, save_model_file
-from xfd.engine.common import Run, current_lr, make_engine, monitor_of, release
+from xfd.engine.common import Run, make_engine, monitor_of, release, take_micro_step
 from xfd.engine.objectives import stage2_loss
 from xfd.engine.progress import StageProgress
-from xfd.engine.steps import NonFiniteLoss, Position, nonfinite, nonfinite_message, reduced_scalars
+from xfd.engine.steps import Position
 from xfd.eval.evaluate import EvalOptions
 from xfd.eval.extract import extract_split, gather_feature_sets
 from xfd.eval.heldout import validate
@@ -105,32 +105,19 @@ def train_image_side(run: Run, model, index: ShardIndex, text_state: dict) -> No
                              is_main=ctx.is_main, monitor=monitor_of(engine, ctx.is_main), log=run.log,
                              log_every=train.log_every)
     frames_per_batch = train.micro_batch * cfg.data.num_frames
-    for epoch in range(pos.epoch, s2.epochs):
-        start = pos.step if epoch == pos.epoch else 0
+    start_epoch, start_step = pos.epoch, pos.step
+    for epoch in range(start_epoch, s2.epochs):
+        start = start_step if epoch == start_epoch else 0
         waited = loader.wait_seconds
         for step, batch in enumerate(loader.batches(epoch, start), start=start):
             if run.stopped():
                 break
             out = engine(batch.frames.to(dtype), batch.platform, batch.meta)
             loss, parts = stage2_loss(out, batch.labels, class_text, cfg.train.loss)
-            scalars = reduced_scalars(loss, parts, ctx.world_size)
-            pos.epoch, pos.step = epoch, step + 1
-            if nonfinite(scalars):
-                if train.on_nonfinite == "raise":
-                    raise NonFiniteLoss(nonfinite_message(2, epoch, step, batch.keys, scalars))
-                pos.skipped_nonfinite += 1
-                continue
-            engine.backward(loss)
-            engine.step()
-            pos.micro_steps += 1
-            progress.micro_step(scalars, tracklets=train.micro_batch, frames=frames_per_batch,
-                                wait_seconds=loader.wait_seconds - waited)
-            waited = loader.wait_seconds
-            if pos.micro_steps % train.gradient_accumulation == 0:
-                pos.global_step += 1
-                progress.optimizer_step(epoch=epoch, step=step, global_step=pos.global_step, lr=current_lr(engine))
-                if train.checkpoint_every and pos.global_step % train.checkpoint_every == 0:
-                    run.checkpoint(engine)
+            wait, waited = loader.wait_seconds - waited, loader.wait_seconds
+            take_micro_step(run, engine, progress, loss, parts, epoch=epoch, step=step,
+                            batch_names=lambda: batch.keys, tracklets=train.micro_batch, frames=frames_per_batch,
+                            wait_seconds=wait)
         if run.stopped():
             break
         pos.epoch, pos.step = epoch + 1, 0

@@ -18,7 +18,7 @@ import numpy as np
 
 from xfd.eval.evaluate import EvalOptions, evaluate_protocol, mean_of_protocols
 from xfd.eval.extract import PLATFORM_CODES, FeatureSet
-from xfd.eval.metrics import RankMetrics
+from xfd.eval.metrics import GalleryLabels, RankMetrics
 from xfd.eval.protocol import ProtocolData
 
 GROUND, AERIAL = PLATFORM_CODES["ground"], PLATFORM_CODES["aerial"]
@@ -27,11 +27,9 @@ PROTOCOL_PLATFORMS = {"A2G": (AERIAL, GROUND), "G2A": (GROUND, AERIAL), "A2A": (
 
 def queries_with_a_match(q_pids, q_camids, g_pids, g_camids) -> np.ndarray:
     """(q,) bool: the gallery holds the query's pid under another camid (a match the junk rule keeps)."""
-    cameras: dict[int, set[int]] = {}
-    for pid, camid in zip(np.asarray(g_pids).tolist(), np.asarray(g_camids).tolist()):
-        cameras.setdefault(pid, set()).add(camid)
-    return np.array([bool(cameras.get(pid, set()) - {camid})
-                     for pid, camid in zip(np.asarray(q_pids).tolist(), np.asarray(q_camids).tolist())], dtype=bool)
+    gallery = GalleryLabels(g_pids, g_camids)
+    return np.array([gallery.matches_and_junk(pid, camid)[0].size > 0 for pid, camid in
+                     zip(np.asarray(q_pids).tolist(), np.asarray(q_camids).tolist())], dtype=bool)
 
 
 def heldout_protocols(features: FeatureSet) -> tuple[dict[str, ProtocolData], list[str]]:
