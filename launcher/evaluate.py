@@ -1,5 +1,11 @@
-"""Evaluate a trained model on a shard root's test protocols: `python launcher/evaluate.py --checkpoint RUN
---data SHARDS --output RUN/eval`. Thin: the work is in `xfd.cli.evaluate` / `xfd.eval.model_eval`."""
+"""What `deepspeed` runs on every rank to evaluate a model, or plain `python` on one device:
+
+    deepspeed --num_gpus 2 launcher/evaluate.py --checkpoint RUN --data SHARDS --output RUN/eval [--rerank]
+    python launcher/evaluate.py --checkpoint RUN/model.safetensors --data SHARDS --output RUN/eval [--rerank]
+
+Thin on purpose: the work is in `xfd.cli.evaluate` / `xfd.eval.model_eval` / `xfd.eval.model_report`. Options:
+`python launcher/evaluate.py --help`.
+"""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""Launching training exactly as a user would, for the engine tests (imported by conftest and the test modules).
+"""Launching training exactly as a user would, for the engine tests (imported by conftest and the test modules;
+tests/eval's launch test uses `run_launch` for launcher/evaluate.py).
 
 Every launch is `[venv]/bin/deepspeed --num_gpus 2 --master_port PORT launcher/train.py --deepspeed JSON
 --config tiny.yaml --data SHARDS --output RUN [--resume] key=value...` from the repository root, with
@@ -81,7 +82,11 @@ def launch(ds_config: str, data: Path, output: Path, overrides: list[str], resum
            kill_when=None) -> Launch:
     """Run a training launch in its own process group, output to a log file beside the run folder. With
     `kill_when`, SIGKILL the whole group as soon as `kill_when(output)` is true (returncode None: killed)."""
-    command = train_command(ds_config, data, output, overrides, resume)
+    return run_launch(train_command(ds_config, data, output, overrides, resume), output, kill_when)
+
+
+def run_launch(command: list[str], output: Path, kill_when=None) -> Launch:
+    """Run `command` (a `deepspeed` launch, or any command) from the repository root as `launch` does."""
     log = _log_path(output)
     with open(log, "wb") as handle:
         proc = subprocess.Popen(command, cwd=REPO, env=launch_env(), stdout=handle, stderr=subprocess.STDOUT,

@@ -1,78 +1,118 @@
-"""Evaluate a trained model file (or the untrained model of a config) on a shard root's test protocols.
+"""Evaluate a trained model file (or the untrained model of a config) on a shard root's test protocols, on one
+device or on every rank of a `deepspeed` launch.
 
+    deepspeed --num_gpus 2 launcher/evaluate.py --checkpoint RUN --data SHARDS --output RUN/eval [--rerank]
     python launcher/evaluate.py --checkpoint RUN/model.safetensors --data SHARDS --output RUN/eval [--rerank]
     python launcher/evaluate.py --untrained --config tiny.yaml --data SHARDS --output RUN/eval-untrained
 
-Writes report.json (every metric and the CMC curves), table.md and cmc.png into OUTPUT and prints the table.
-`--checkpoint RUN` (a run folder) picks RUN/model.safetensors. One process for now; issue 6 spreads extraction
-over ranks.
+Every rank extracts its shards of each protocol's query and gallery splits (DALI in evaluation mode: evenly
+spaced L = data.num_frames frames a tracklet, flip TTA per eval.flip_tta) and the parts are gathered, so N ranks
+give exactly the features of one process. Rank 0 then saves them (OUTPUT/features/<protocol>.npz, the xfd-eval
+format), computes distances (CuPy on a GPU, NumPy otherwise; --distance-device), with --rerank also exact
+k-reciprocal re-ranking, the metrics, and writes report.json, table.md, cmc.png, ranklist.png and submission.csv
+(xfd.eval.model_report), printing the tables and a one-line timing split. The other ranks leave once the
+features are gathered: a barrier waiting for rank 0's evaluation could outlast the process group's timeout
+(DeepSpeed's default is 10 minutes) on a large gallery. `--checkpoint RUN` (a run folder) picks
+RUN/model.safetensors. `--local_rank`, which the launcher appends, is accepted (ranks come from the
+environment).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from xfd.atomic import write_bytes_atomic
 from xfd.config import load_config
-from xfd.eval.evaluate import EvalOptions
-from xfd.eval.model_eval import evaluate_protocols, extract_protocols
-from xfd.eval.report import format_table, plot_cmc, report_payload, write_report
+from xfd.eval.model_eval import extract_protocols, find_protocols
+from xfd.eval.model_report import ReportOptions, write_model_report
 from xfd.eval.rerank import RerankParams
+from xfd.eval.runtime import evaluation_context, gather_objects
+from xfd.kernels.backend import DEVICES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launcher/evaluate.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="launcher/evaluate.py", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="model file written by training, or a run folder")
     source.add_argument("--untrained", action="store_true", help="the config's model as initialised (seed train.seed)")
     parser.add_argument("--config", default="tiny.yaml", help="with --untrained: the experiment config")
     parser.add_argument("--data", required=True, type=Path, help="xfd-shard output folder with test protocols")
-    parser.add_argument("--output", required=True, type=Path, help="folder for report.json, table.md, cmc.png")
-    parser.add_argument("--rerank", action="store_true", help="exact k-reciprocal re-ranking (k1 20, k2 6, lambda .3)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", required=True, type=Path, help="folder for the report and features/")
+    parser.add_argument("--rerank", action="store_true",
+                        help="also evaluate with exact k-reciprocal re-ranking; the CSV and rank list then use the "
+                             "re-ranked distances")
+    parser.add_argument("--k1", type=int, default=RerankParams.k1,
+                        help="k-reciprocal list length (default: %(default)s)")
+    parser.add_argument("--k2", type=int, default=RerankParams.k2, help="local query expansion (default: %(default)s)")
+    parser.add_argument("--lambda", dest="lam", type=float, default=RerankParams.lam,
+                        help="weight of the original distance (default: %(default)s)")
+    parser.add_argument("--device", default=None,
+                        help="plain runs: model device (default cuda when present, else cpu); not under deepspeed")
+    parser.add_argument("--distance-device", choices=DEVICES, default="auto",
+                        help="distances and re-ranking (auto: CuPy on a GPU when present)")
+    parser.add_argument("--ranklist-queries", type=int, default=6, help="queries in ranklist.png (default 6)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the rank list's query sample")
+    parser.add_argument("--csv-top", type=int, default=None, metavar="N",
+                        help="gallery names per submission.csv row (default: the whole ranked gallery)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="with --untrained: config overrides")
     return parser
 
 
 def load_model(args):
+    """(model, config, where it came from); a model file that does not fit its config is a ValueError."""
     from xfd.engine.checkpoint import load_trained_model
     from xfd.model import build_model
 
     if args.untrained:
         cfg = load_config(args.config, args.overrides)
         torch.manual_seed(cfg.train.seed)
-        return build_model(cfg).eval(), cfg, "untrained"
+        return build_model(cfg).eval(), cfg, f"the untrained {args.config} model"
     path = args.checkpoint / "model.safetensors" if args.checkpoint.is_dir() else args.checkpoint
-    model, cfg, _ = load_trained_model(path)
+    try:
+        model, cfg, _ = load_trained_model(path)
+    except RuntimeError as error:  # torch's strict loading: wrong shapes, named key by key
+        raise ValueError(f"{path}: weights do not fit the embedded config: {error}") from error
     return model, cfg, str(path)
 
 
-def evaluate(args) -> dict:
+def evaluate(args) -> dict | None:
+    """The whole evaluation on this rank; rank 0 returns the report payload, the other ranks None."""
     started = time.perf_counter()
-    model, cfg, source = load_model(args)
-    model.to(args.device)
-    data = extract_protocols(model, args.data, num_frames=cfg.data.num_frames, batch_size=cfg.eval.batch_size,
-                             image_size=tuple(cfg.model.backbone.image_size), device=args.device,
-                             flip_tta=cfg.eval.flip_tta, num_threads=cfg.data.dali_threads)
-    extracted = time.perf_counter()
-    options = EvalOptions(rerank=RerankParams() if args.rerank else None)
-    results, mean = evaluate_protocols(data, options)
-    table = format_table(results, mean)
-    settings = {"model": source, "data": str(args.data), "rerank": args.rerank, "flip_tta": cfg.eval.flip_tta,
-                "num_frames": cfg.data.num_frames,
-                "seconds": {"extract": extracted - started, "metrics": time.perf_counter() - extracted}}
-    payload = report_payload(results, mean, settings)
-    args.output.mkdir(parents=True, exist_ok=True)
-    write_report(args.output / "report.json", payload)
-    write_bytes_atomic(args.output / "table.md", (f"model: {source}\n\n```\n{table}\n```\n").encode())
-    plot_cmc(args.output / "cmc.png", results)
-    print(table, flush=True)
+    with evaluation_context(args.output, args.device) as ctx:
+        ready = time.perf_counter()
+        model, cfg, source = load_model(args)
+        model.to(ctx.device)
+        loaded = time.perf_counter()
+        extraction = extract_protocols(
+            model, args.data, num_frames=cfg.data.num_frames, batch_size=cfg.eval.batch_size,
+            image_size=tuple(cfg.model.backbone.image_size), device=ctx.device, flip_tta=cfg.eval.flip_tta,
+            num_threads=cfg.data.dali_threads, rank=ctx.rank, world_size=ctx.world_size, progress=ctx.is_main)
+        extracted = time.perf_counter()
+        own, busy = extraction.rank_tracklets, extraction.rank_seconds
+        per_rank = gather_objects({"rank": ctx.rank, "device": str(ctx.device), "tracklets": own, "seconds": busy,
+                                   "tracklets_per_s": own / busy if busy else 0.0}, ctx.world_size)
+        if not ctx.is_main:
+            return None
+        world = ctx.world_size
+    # Rank 0 alone from here: the process group is gone, so no timeout can cut the evaluation short.
+    settings = {"model": source, "data": str(args.data), "world_size": world, "flip_tta": cfg.eval.flip_tta,
+                "num_frames": cfg.data.num_frames, "frame_sampling": "evenly spaced",
+                "batch_size": cfg.eval.batch_size, "image_size": list(cfg.model.backbone.image_size)}
+    folders = {p.name: (args.data / p.query, args.data / p.gallery) for p in find_protocols(args.data)}
+    options = ReportOptions(rerank=RerankParams(args.k1, args.k2, args.lam) if args.rerank else None,
+                            device=args.distance_device, ranklist_queries=args.ranklist_queries,
+                            ranklist_seed=args.seed, csv_top=args.csv_top)
+    seconds = {"startup": ready - started, "load_model": loaded - ready, "extraction": extracted - loaded}
+    payload = write_model_report(args.output, extraction.protocols, folders, options, settings, seconds, per_rank,
+                                 started)
+    print((args.output / "table.md").read_text(), flush=True)
+    for warning in payload["warnings"]:
+        print(f"launcher/evaluate.py: warning: {warning}", file=sys.stderr, flush=True)
     return payload
 
 
@@ -81,7 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.overrides and not args.untrained:
         print("launcher/evaluate.py: key=value overrides apply to --untrained only", file=sys.stderr)
         return 2
-    evaluate(args)
+    if args.ranklist_queries < 0 or (args.csv_top is not None and args.csv_top < 1):
+        print("launcher/evaluate.py: --ranklist-queries must be >= 0 and --csv-top >= 1", file=sys.stderr)
+        return 2
+    try:
+        evaluate(args)
+    except (ValueError, FileNotFoundError) as error:  # bad model file, config or data: named in the message
+        print(f"launcher/evaluate.py: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Evaluation outputs: the console table, the JSON report, the challenge submission CSV and the CMC plot.
+"""Evaluation outputs: the console table, the markdown table, the JSON report, the challenge submission CSV and
+the CMC plot.
 
 Every file is written atomically (temporary file in the same folder, then rename), so a crash never leaves a
 half-written report.
@@ -32,6 +33,26 @@ def format_table(results: dict[str, RankMetrics], mean: dict | None = None) -> s
         ranks = [_percent(mean[f"rank{k}"]) if f"rank{k}" in mean else "-" for k in (1, 5, 10)]
         lines.append(f"{label:<14}{'':>9}{'':>9}{_percent(mean['mAP']):>8}" + "".join(f"{r:>8}" for r in ranks)
                      + f"{_percent(mean['mINP']):>8}")
+    return "\n".join(lines)
+
+
+def markdown_table(results: dict[str, RankMetrics], mean: dict | None, gallery_sizes: dict[str, int],
+                   empty: set[str] | frozenset[str] = frozenset()) -> str:
+    """A markdown table: one row per protocol (queries, gallery, mAP, R1, R5, R10, mINP in percent), then the
+    mean over the evaluated protocols; protocols in `empty` say so instead of numbers."""
+    lines = ["| protocol | queries | gallery | mAP | R1 | R5 | R10 | mINP |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in results.items():
+        counts = f"| {name} | {m.num_queries} | {gallery_sizes[name]} |"
+        if name in empty:
+            lines.append(counts + " empty | – | – | – | – |")
+            continue
+        ranks = [_percent(m.rank(k)) if k <= m.cmc.shape[0] else "–" for k in (1, 5, 10)]
+        lines.append(counts + " " + " | ".join([_percent(m.mAP), *ranks, _percent(m.mINP)]) + " |")
+    if mean is not None:
+        ranks = [_percent(mean[f"rank{k}"]) if f"rank{k}" in mean else "–" for k in (1, 5, 10)]
+        lines.append(f"| **mean of {mean['num_protocols']}** | | | "
+                     + " | ".join([_percent(mean["mAP"]), *ranks, _percent(mean["mINP"])]) + " |")
     return "\n".join(lines)
 
 

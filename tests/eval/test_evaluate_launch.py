@@ -1,0 +1,132 @@
+"""launcher/evaluate.py as users run it, on a small synthetic shard set with the untrained tiny model:
+`deepspeed --num_gpus 2` on CPU (two gloo ranks, each extracting its own shards) gives exactly the features,
+metrics and submission CSV of a plain one-process `python launcher/evaluate.py` (issue 6's first "Done when"),
+and the report files are sane. One launch of each (~30-60 s together on 2 cores), shared by the tests."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xfd.cli import shard, synth
+from xfd.cli.demo import free_port
+from xfd.eval.evaluate import EvalOptions, evaluate_protocol
+from xfd.eval.protocol import REQUIRED_KEYS, load_npz
+from xfd.eval.ranklist import RankListLayout
+from xfd.eval.rerank import RerankParams
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))  # the engine tests' launch helpers
+
+from launching import DEEPSPEED, run_launch  # noqa: E402
+
+PROTOCOLS = ("A2G", "G2A", "A2A")
+QUERIES = 8  # test identities: one query and one gallery tracklet each per protocol
+# batches of 5 span the 3-tracklet shards in one process but not in the same way on two ranks
+ARGS = ["--untrained", "--config", "tiny.yaml", "--rerank", "--k1", "6", "--k2", "3"]
+OVERRIDES = ["data.num_frames=4", "eval.batch_size=5", "model.backbone.image_size=[64,32]"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """xfd-synth (4 train + 8 test identities, 6-12 frames) sharded 3 tracklets a shard: 3 shards a split."""
+    root = tmp_path_factory.mktemp("evaluate-data")
+    assert synth.main([str(root / "raw"), "--ids", "4", "--test-ids", str(QUERIES), "--min-frames", "6",
+                       "--max-frames", "12", "--workers", "1", "--no-progress"]) == 0
+    assert shard.main([str(root / "raw"), str(root / "shards"), "--shard-samples", "3", "--workers", "1",
+                       "--no-progress"]) == 0
+    shutil.rmtree(root / "raw")
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def runs(shards, tmp_path_factory) -> dict:
+    """The same evaluation as one plain process and as a 2-rank deepspeed launch."""
+    out = tmp_path_factory.mktemp("evaluate-runs")
+    common = ["--data", str(shards), *ARGS]
+    one = run_launch([sys.executable, "launcher/evaluate.py", *common, "--device", "cpu", "--output",
+                      str(out / "one"), *OVERRIDES], out / "one")
+    two = run_launch([str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "launcher/evaluate.py",
+                      *common, "--output", str(out / "two"), *OVERRIDES], out / "two")
+    return {"one": one.check(), "two": two.check()}
+
+
+def _report(run) -> dict:
+    return json.loads((run.output / "report.json").read_text())
+
+
+def test_two_ranks_give_exactly_the_features_metrics_and_csv_of_one_process(runs):
+    one, two = runs["one"], runs["two"]
+    assert two.command[1:3] == ["--num_gpus", "2"] and "launcher/evaluate.py" in two.command
+    for protocol in PROTOCOLS:
+        with np.load(one.output / "features" / f"{protocol}.npz") as a, \
+                np.load(two.output / "features" / f"{protocol}.npz") as b:
+            assert sorted(a.files) == sorted(b.files) and set(REQUIRED_KEYS) <= set(a.files)
+            assert a["q_feats"].shape[0] == QUERIES and a["q_names"].shape == (QUERIES,)
+            for key in a.files:
+                assert np.array_equal(a[key], b[key]), f"{protocol}: {key} differs between 1 and 2 ranks"
+    first, second = _report(one), _report(two)
+    assert first["protocols"] == second["protocols"] and first["mean"] == second["mean"]
+    assert first["reranked"] == second["reranked"] and first["reranked"] is not None
+    assert (one.output / "submission.csv").read_bytes() == (two.output / "submission.csv").read_bytes()
+    # the work really was split: each rank extracted some of the 48 tracklets, none twice
+    per_rank = second["extraction"]["per_rank"]
+    assert [r["rank"] for r in per_rank] == [0, 1] and all(r["tracklets"] > 0 for r in per_rank)
+    assert sum(r["tracklets"] for r in per_rank) == 2 * QUERIES * len(PROTOCOLS) == first["extraction"]["tracklets"]
+    assert second["settings"]["world_size"] == 2 and first["settings"]["world_size"] == 1
+
+
+def test_saved_features_rescore_to_the_reported_metrics(runs):
+    report = _report(runs["one"])
+    for protocol in PROTOCOLS:
+        data = load_npz(runs["one"].output / report["features"][protocol], protocol)
+        plain = evaluate_protocol(data).to_dict()
+        reranked = evaluate_protocol(data, EvalOptions(rerank=RerankParams(6, 3, 0.28))).to_dict()
+        extra = {"num_gallery": QUERIES, "empty": False}
+        assert report["protocols"][protocol] == plain | extra
+        assert report["reranked"]["protocols"][protocol] == reranked | extra
+
+
+def test_report_files_are_sane(runs):
+    out = runs["one"].output
+    report = _report(runs["one"])
+    for protocol in PROTOCOLS:
+        entry = report["protocols"][protocol]
+        assert entry["num_queries"] == QUERIES and entry["num_gallery"] == QUERIES and not entry["empty"]
+        assert 0.0 < entry["mAP"] <= 1.0 and len(entry["cmc"]) == 50
+    assert report["warnings"] == [] and report["settings"]["rerank"] == {"k1": 6, "k2": 3, "lambda": 0.28}
+    seconds = report["seconds"]
+    for part in ("startup", "load_model", "extraction", "distances", "reranking", "metrics", "report", "total"):
+        assert seconds[part] >= 0.0, part
+    assert seconds["extraction"] > 0 and seconds["total"] >= seconds["extraction"] + seconds["load_model"]
+    assert report["timing"].startswith("timing: ") and report["timing"] in runs["one"].text  # printed
+
+    table = (out / "table.md").read_text()
+    assert table.count("| protocol | queries | gallery | mAP | R1 | R5 | R10 | mINP |") == 2  # plain + re-ranked
+    assert all(table.count(f"| {p} | {QUERIES} | {QUERIES} |") == 2 for p in PROTOCOLS)
+    assert table.count("**mean of 3**") == 2 and "re-ranking (k1 6, k2 3" in table
+    a2g = report["reranked"]["protocols"]["A2G"]
+    assert f"| A2G | 8 | 8 | {100 * a2g['mAP']:.2f} | {100 * a2g['cmc'][0]:.2f} |" in table
+
+    with open(out / "submission.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == QUERIES * len(PROTOCOLS)
+    assert [r["row_id"] for r in rows] == [str(i) for i in range(len(rows))]
+    assert {r["case"] for r in rows} == set(PROTOCOLS)
+    assert all(len(r["ranked_gallery_tracklets"].split()) == QUERIES for r in rows)
+
+    with Image.open(out / "cmc.png") as cmc:
+        assert cmc.format == "PNG" and cmc.width > 300 and cmc.height > 200
+    with Image.open(out / "ranklist.png") as ranklist:
+        layout = RankListLayout()
+        assert ranklist.format == "PNG"
+        assert ranklist.height == layout.margin + 6 * layout.row_height()  # the default 6 queries
+        assert ranklist.width == layout.gallery_box(0, QUERIES - 1, 4)[2] + layout.margin  # 4 frames, 8 ranked
+    chosen = report["settings"]["ranklist"]["queries"]
+    assert len(chosen) == 6 and {name for name, _ in chosen} == set(PROTOCOLS)
