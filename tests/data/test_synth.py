@@ -298,3 +298,19 @@ def test_demo_size_is_fast_enough(tmp_path):
     elapsed = time.perf_counter() - started
     assert summary.tracklets == 64 * 4 + 32 * 6 and 20000 < summary.frames < 27000
     assert elapsed < 90, f"demo-size dataset took {elapsed:.1f} s"
+
+
+def test_train_aerial_gives_each_session_aerial_tracklets_from_distinct_capture_points():
+    config = dataclasses.replace(SMALL, train_aerial=3)
+    specs = [s for s in build_plan(config)[1] if s.split == "train"]
+    by_session = defaultdict(list)
+    for spec in specs:
+        by_session[spec.pid, spec.session].append(spec)
+    assert len(by_session) == 2 * config.ids
+    for group in by_session.values():
+        aerial = [s.capture_point for s in group if s.platform == "aerial"]
+        assert len(group) == 4 and len(aerial) == 3 == len(set(aerial))
+    # the default keeps one aerial tracklet a session, laid out as before the option existed
+    assert sum(s.split == "train" for s in build_plan(SMALL)[1]) == 4 * SMALL.ids
+    with pytest.raises(ValueError, match="train_aerial"):
+        dataclasses.replace(SMALL, train_aerial=0)

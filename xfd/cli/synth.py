@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--degraded-fraction", type=_fraction, default=0.2,
                         help="expected fraction of degraded frames: blur, occlusion, low resolution, heavy JPEG, "
                              "misaligned box (default 0.2)")
+    parser.add_argument("--train-aerial", type=_int_at_least(1), default=1,
+                        help="aerial tracklets per train identity and session, from distinct capture points "
+                             "(default 1)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUT if it holds a previous xfd-synth output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # cross-argument rules live in SynthConfig, for library callers too
         config = SynthConfig(ids=args.ids, test_ids=args.test_ids, seed=args.seed, min_frames=args.min_frames,
                              max_frames=args.max_frames, jpeg_quality=args.quality,
-                             degraded_fraction=args.degraded_fraction)
+                             degraded_fraction=args.degraded_fraction, train_aerial=args.train_aerial)
     except ValueError as error:
         parser.error(str(error))
     try:

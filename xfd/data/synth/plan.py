@@ -5,8 +5,9 @@ so output does not depend on how tracklets are spread over workers. Every random
 seeded by `numpy.random.SeedSequence([seed, purpose, ...])`, so one identity's body does not change when, say,
 the frame-count range changes.
 
-Layout (REFERENCE §1): train and test identities are disjoint. A train identity gets a ground and an aerial
-tracklet in each session (4). A test identity gets one query and one gallery tracklet in each case (6):
+Layout (REFERENCE §1): train and test identities are disjoint. A train identity gets one ground tracklet and
+`train_aerial` aerial tracklets from distinct capture points in each session (2 + 2·train_aerial: 4 by default;
+the demo uses 2, so that training sees aerial pairs of one outfit from two capture points, as A2A asks of it). A test identity gets one query and one gallery tracklet in each case (6):
 case1 aerial query / ground gallery, case2 ground / aerial, case3 aerial / aerial from two different capture
 points — so every query has a match with another camid under the capture-point rule. In each case, half of the
 test identities (balanced, shuffled) are matched across sessions — a clothing change — and half within one.
@@ -42,6 +43,7 @@ class SynthConfig:
     jpeg_quality: int = 90
     degraded_fraction: float = 0.2
     fps: float = 10.0
+    train_aerial: int = 1  # aerial tracklets per train identity and session, from distinct capture points
 
     def __post_init__(self):
         if self.ids < 2 or self.test_ids < 2:
@@ -56,6 +58,8 @@ class SynthConfig:
             raise ValueError(f"JPEG quality must be at least 1 and at most 100, got {self.jpeg_quality}")
         if not 0.0 <= self.degraded_fraction <= 1.0:
             raise ValueError(f"degraded_fraction must be in [0, 1], got {self.degraded_fraction}")
+        if not 1 <= self.train_aerial <= len(CAPTURE_POINTS):
+            raise ValueError(f"train_aerial must be in [1, {len(CAPTURE_POINTS)}], got {self.train_aerial}")
         if self.seed < 0:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
 
@@ -109,7 +113,9 @@ def build_plan(config: SynthConfig) -> tuple[list[Person], list[TrackletSpec]]:
     for pid in train_pids:
         for session in (1, 2):
             slots.append((TRAIN, None, pid, session, "ground", int(layout.integers(1, 3))))
-            slots.append((TRAIN, None, pid, session, "aerial", int(layout.integers(0, len(CAPTURE_POINTS)))))
+            points = ([layout.integers(0, len(CAPTURE_POINTS))] if config.train_aerial == 1 else
+                      layout.choice(len(CAPTURE_POINTS), size=config.train_aerial, replace=False))
+            slots.extend((TRAIN, None, pid, session, "aerial", int(point)) for point in points)
     for case, platforms in CASES.items():
         crossed = layout.permutation(np.arange(len(test_pids)) % 2 == 0)
         for pid, cross in zip(test_pids, crossed):
