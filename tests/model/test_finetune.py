@@ -20,7 +20,7 @@ def _snapshot(model):
 
 
 def test_one_sgd_step_moves_exactly_the_selected_parameters_at_their_group_lr(make_model, make_inputs):
-    model = make_model()  # freeze backbone except blocks 2, 3; lr scale 0.1
+    model = make_model("finetune.backbone_lr_scale=0.1")  # freeze backbone except blocks 2, 3; lr scale 0.1
     model.train()
     x, platform, meta = make_inputs(batch=4, frames=2)
     labels = torch.tensor([0, 0, 1, 1])
@@ -69,7 +69,7 @@ def test_adam_step_size_reflects_the_backbone_lr_scale(make_model, make_inputs):
 
 
 def test_groups_cover_each_trainable_parameter_once_with_decay_rules(make_model):
-    model = make_model()
+    model = make_model("head.neck=instancenorm", "finetune.backbone_lr_scale=0.1")  # the ViT-L/14 recipe's
     groups = param_groups(model, base_lr=1e-4, weight_decay=2.5e-4, no_decay_weight_decay=1e-5)
     names = {id(p): n for n, p in model.named_parameters()}
     seen = [names[id(p)] for g in groups for p in g["params"]]

@@ -66,8 +66,7 @@ SWITCHES = [
     (("temporal.pooling=attention",), ("pool_cls.quality", "pool_cls.kappa", "pool_proj.quality", "pool_proj.kappa"),
      ()),
     (("temporal.qatw_prior=false",), ("pool_cls.kappa", "pool_proj.kappa"), ()),
-    (("head.neck=bnneck",), ("neck_",), ("neck_cls.bn.weight", "neck_cls.bn.bias", "neck_proj.bn.weight",
-                                         "neck_proj.bn.bias")),
+    (("head.neck=instancenorm",), ("neck_",), ("neck_cls.weight", "neck_proj.weight")),
     (("head.neck=none",), ("neck_",), ()),
     (("text.enabled=false",), ("text.",), ()),
 ]
