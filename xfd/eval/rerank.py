@@ -14,6 +14,8 @@ How the N×N matrices of the textbook algorithm are avoided:
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,8 +103,10 @@ def build_index(q_feats: np.ndarray, g_feats: np.ndarray, k1: int, k2: int, devi
     with tqdm(total=graph_block_pairs(n, graph_block), desc="re-rank: top-k graph", unit="block",
               disable=not progress, leave=False) as bar:
         graph = knn_graph(features, min(k + 1, n), "sqeuclidean", block_size=graph_block, on_block=bar.update)
-    # A row whose largest distance is within rounding of 0 equals every other row: nothing to normalise by.
-    noise = rounding_margin(features.shape[1], features.dtype, 1.0, "sqeuclidean")
+    # A row whose largest distance is within rounding of 0 equals every other row: nothing to normalise by. The
+    # typical rounding of a d-term dot product grows like sqrt(d)·eps, not the worst-case d·eps that the graph's
+    # pruning bound must assume: trained features can sit that close together and still rank well.
+    noise = rounding_margin(math.isqrt(features.shape[1]), features.dtype, 1.0, "sqeuclidean")
     flat = xp.flatnonzero(graph.column_max <= noise)
     if flat.size:
         raise ValueError(f"all features equal row {int(flat[0])}: every distance is 0 (up to rounding) and the "
