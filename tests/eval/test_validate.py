@@ -106,3 +106,16 @@ def test_all_identical_features_are_an_error(seed):
 def test_unknown_metric_fails_at_the_call():
     with pytest.raises(ValueError, match="metric must be one of"):
         distance_stream(Q, G, "manhattan")
+
+
+def test_close_but_distinct_features_are_re_ranked():
+    """Trained features can share most of their direction (squared distances ~1e-4, as a demo model's did): well
+    above rounding, so re-ranking must accept them and keep each query's nearest gallery item informative."""
+    rng = np.random.default_rng(0)
+    common = _unit(1, d=192, seed=1)  # (1, d)
+    spread = common + 5e-4 * rng.standard_normal((40, 192))
+    feats = (spread / np.linalg.norm(spread, axis=1, keepdims=True)).astype(np.float32)  # (40, d)
+    assert 1e-5 < float((2 - 2 * feats @ feats.T).max()) < 1e-3
+    blocks = list(k_reciprocal_stream(feats[:10], feats[10:], 5))
+    final = np.concatenate([block for _, block in blocks])  # (10, 30)
+    assert final.shape == (10, 30) and np.isfinite(final).all()
