@@ -8,7 +8,7 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/xfd/torch_extensions
 # DeepSpeed's accelerator: cuda where a GPU driver is present, else cpu (gloo).
 export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 
-.PHONY: demo test bench install clean-venv
+.PHONY: demo ablate test bench install clean-venv
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) -m xfd.cli.demo $(DEMO_ARGS)
+
+# The paper's Table 6 on the synthetic benchmark: 6 trainings, about 25 minutes on 2 CPU cores.
+ablate: $(VENV)/.installed
+	$(PY) -m xfd.cli.ablate $(ABLATE_ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -31,13 +31,7 @@ DEMO_OVERRIDES = ["model.finetune.freeze_backbone=false"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xfd-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="run folder (replaced on each run)")
-    parser.add_argument("--ids", type=int, default=64, help="training identities to synthesise")
-    parser.add_argument("--test-ids", type=int, default=32, help="test identities (query/gallery of each case)")
-    parser.add_argument("--val-ids", type=int, default=8, help="train identities held out as the val split")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--shard-size", type=float, default=16.0, metavar="MB",
-                        help="small shards so that ranks and loader workers each get several")
+    add_data_arguments(parser)
     parser.add_argument("--ranks", type=int, default=2, help="training processes (GPUs, or CPU ranks)")
     parser.add_argument("--deepspeed-config", default="ds_configs/zero2.json")
     parser.add_argument("--config", default="tiny.yaml", help="experiment config of the training step")
@@ -105,22 +99,44 @@ def compare(untrained: dict, trained: dict) -> tuple[str, bool]:
     return "\n".join(lines), better
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.overrides = args.overrides or list(DEMO_OVERRIDES)
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    raw, shards, run = args.out / "synthetic", args.out / "shards", args.out / "run"
-    workers = str(args.workers)
-    timings = {
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The synthetic dataset's options (shared with xfd-ablate)."""
+    parser.add_argument("--ids", type=int, default=256,
+                        help="training identities to synthesise (a random-init model needs many to generalise)")
+    parser.add_argument("--test-ids", type=int, default=32, help="test identities (query/gallery of each case)")
+    parser.add_argument("--val-ids", type=int, default=16, help="train identities held out as the val split")
+    parser.add_argument("--max-frames", type=int, default=48, help="longest synthetic tracklet (frames)")
+    parser.add_argument("--train-aerial", type=int, default=2,
+                        help="aerial tracklets per train identity and session (distinct capture points)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--shard-size", type=float, default=16.0, metavar="MB",
+                        help="small shards so that ranks and loader workers each get several")
+
+
+def prepare_shards(args, out: Path) -> dict[str, float]:
+    """Synthesise OUT/synthetic, shard it into OUT/shards (with the val split) and verify every frame;
+    returns each step's seconds."""
+    raw, shards, workers = out / "synthetic", out / "shards", str(args.workers)
+    return {
         "synthesise": _step("synthesise", synth_cli.main, [
             str(raw), "--ids", str(args.ids), "--test-ids", str(args.test_ids), "--seed", str(args.seed),
-            "--workers", workers, "--no-progress"]),
+            "--min-frames", str(min(24, args.max_frames)), "--max-frames", str(args.max_frames),
+            "--train-aerial", str(args.train_aerial), "--workers", workers, "--no-progress"]),
         "shard": _step("shard", shard_cli.main, [
             str(raw), str(shards), "--val-ids", str(args.val_ids), "--shard-size", str(args.shard_size),
             "--workers", workers]),
         "verify": _step("verify", shard_cli.main, ["--verify", str(shards), "--workers", workers]),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.overrides = args.overrides or list(DEMO_OVERRIDES)
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    shards, run = args.out / "shards", args.out / "run"
+    timings = prepare_shards(args, args.out)
     if not args.skip_training:
         timings["train"] = train(args, shards, run)
         timings["evaluate untrained"] = _step("evaluate the untrained model", evaluate_cli.main, [
