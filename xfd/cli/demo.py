@@ -143,15 +143,16 @@ def main(argv: list[str] | None = None) -> int:
             "--untrained", "--config", args.config, "--data", str(shards), "--output", str(run / "eval-untrained"),
             *args.overrides])
         timings["evaluate trained"] = _step("evaluate the trained model", evaluate_cli.main, [
-            "--checkpoint", str(run / "model.safetensors"), "--data", str(shards), "--output", str(run / "eval")])
+            "--checkpoint", str(run / "model.safetensors"), "--data", str(shards), "--output", str(run / "eval"),
+            "--rerank"])
         untrained = json.loads((run / "eval-untrained" / "report.json").read_text())
         trained = json.loads((run / "eval" / "report.json").read_text())
         table, better = compare(untrained, trained)
         print("\n== trained vs untrained (test protocols, no re-ranking)\n" + table)
         if not better:
             print("xfd-demo: WARNING: training did not beat the untrained model on every protocol", flush=True)
-        print(f"\ncurves: {run / 'plots'}; CMC: {run / 'eval' / 'cmc.png'}; TensorBoard: tensorboard --logdir "
-              f"{run / 'monitor'}")
+        print(f"\nreport: {run / 'eval'} (table.md, report.json, cmc.png, ranklist.png, submission.csv, features/); "
+              f"curves: {run / 'plots'}; TensorBoard: tensorboard --logdir {run / 'monitor'}")
     print("\n== demo finished: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
           + f"; total {sum(timings.values()):.1f} s; output in {args.out}")
     return 0
