@@ -58,6 +58,15 @@ def standard_detreidx_spec(train_ids: int = 6, test_ids: int = 3) -> list[dict]:
     return spec
 
 
+def sharded_detreidx(base: Path, train_ids: int, test_ids: int) -> Path:
+    """BASE/src in the DetReIDX layout (`standard_detreidx_spec`), sharded with default options into BASE/shards."""
+    from xfd.data.shard import ShardOptions, shard_dataset
+
+    write_detreidx(base / "src", standard_detreidx_spec(train_ids=train_ids, test_ids=test_ids))
+    shard_dataset(base / "src", base / "shards", ShardOptions(), progress=False)
+    return base / "shards"
+
+
 def write_mars_like(root: Path, layout: str, seed: int = 0) -> dict:
     """A tiny MARS / G2A v1 / G2A v2 dataset with protocol .mat files; returns the expected membership."""
     from scipy.io import savemat

@@ -15,11 +15,10 @@ import torch
 
 from xfd.cli import evaluate as evaluate_cli
 from xfd.config import dump_config, load_config
-from xfd.data.shard import ShardOptions, shard_dataset
 from xfd.engine.checkpoint import save_model_file
 from xfd.model import build_model
 
-from dataset_builders import standard_detreidx_spec, write_detreidx
+from dataset_builders import sharded_detreidx
 
 OVERRIDES = ["model.backbone.image_size=[32,16]", "data.num_frames=4", "eval.batch_size=4", "data.dali_threads=1"]
 EMPTIED = "case3_aerial_to_aerial/gallery"  # the A2A protocol's gallery
@@ -28,17 +27,15 @@ EMPTIED = "case3_aerial_to_aerial/gallery"  # the A2A protocol's gallery
 @pytest.fixture(scope="module")
 def shard_root(tmp_path_factory):
     """3 test identities a protocol; A2A's gallery is a shard set that lists no tracklets."""
-    root = tmp_path_factory.mktemp("evaluate_cli")
-    write_detreidx(root / "src", standard_detreidx_spec(train_ids=2, test_ids=3))
-    shard_dataset(root / "src", root / "shards", ShardOptions(), progress=False)
-    folder = root / "shards" / EMPTIED
+    shards = sharded_detreidx(tmp_path_factory.mktemp("evaluate_cli"), train_ids=2, test_ids=3)
+    folder = shards / EMPTIED
     manifest = json.loads((folder / "manifest.json").read_text())
     for entry in manifest["shards"]:
         (folder / entry["name"]).unlink()
     manifest["shards"] = []
     manifest["totals"].update(shards=0, samples=0, frames=0, bytes=0, identities=0)
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    return root / "shards"
+    return shards
 
 
 def test_an_empty_protocol_is_reported_not_crashed_on(shard_root, tmp_path, capsys):

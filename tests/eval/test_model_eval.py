@@ -12,12 +12,11 @@ import torch
 from xfd.cli import evaluate as evaluate_cli
 from xfd.cli.demo import compare
 from xfd.config import dump_config, load_config
-from xfd.data.shard import ShardOptions, shard_dataset
 from xfd.engine.checkpoint import load_trained_model, save_model_file
 from xfd.eval.model_eval import find_protocols
 from xfd.model import build_model
 
-from dataset_builders import standard_detreidx_spec, write_detreidx
+from dataset_builders import sharded_detreidx
 
 OVERRIDES = ["model.num_classes=6", "model.backbone.image_size=[32,16]", "data.num_frames=4", "eval.batch_size=4",
              "data.dali_threads=1"]
@@ -25,10 +24,7 @@ OVERRIDES = ["model.num_classes=6", "model.backbone.image_size=[32,16]", "data.n
 
 @pytest.fixture(scope="module")
 def shard_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("model_eval")
-    write_detreidx(root / "src", standard_detreidx_spec(train_ids=6, test_ids=3))
-    shard_dataset(root / "src", root / "shards", ShardOptions(), progress=False)
-    return root / "shards"
+    return sharded_detreidx(tmp_path_factory.mktemp("model_eval"), train_ids=6, test_ids=3)
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,13 @@ import pytest
 from PIL import Image
 
 from xfd.data.index import ShardIndex
-from xfd.data.shard import ShardOptions, shard_dataset
 from xfd.eval.metrics import GalleryLabels
 from xfd.eval.protocol import ProtocolData
 from xfd.eval.ranklist import (JUNK, KIND_COLOURS, MATCH, QUERY_COLOUR, WRONG, RankListLayout, RankListRow,
                                draw_ranklist, write_ranklist)
 from xfd.eval.ranklist_rows import TopKCollector, decode_frame, gallery_kinds, ranklist_rows, sample_queries
 
-from dataset_builders import standard_detreidx_spec, write_detreidx
+from dataset_builders import sharded_detreidx
 
 LAYOUT = RankListLayout(cell_height=20, cell_width=10, border=3, gap=2, separator=8)
 
@@ -107,10 +106,7 @@ def test_collector_keeps_the_metrics_order_of_wanted_queries_only():
 
 @pytest.fixture(scope="module")
 def shard_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ranklist")
-    write_detreidx(root / "src", standard_detreidx_spec(train_ids=2, test_ids=3))
-    shard_dataset(root / "src", root / "shards", ShardOptions(), progress=False)
-    return root / "shards"
+    return sharded_detreidx(tmp_path_factory.mktemp("ranklist"), train_ids=2, test_ids=3)
 
 
 def test_rows_read_each_tracklets_frames_from_the_shards(shard_root):
