@@ -21,6 +21,9 @@ from xfd.atomic import write_bytes_atomic, write_json_atomic
 from xfd.config import ExperimentConfig, dump_config
 
 
+MKL_REPRODUCIBLE = "AUTO,STRICT"  # MKL_CBWR: strict conditional numerical reproducibility
+
+
 @dataclass(frozen=True)
 class RunContext:
     rank: int
@@ -50,7 +53,7 @@ def start_distributed(run_dir: str | Path) -> RunContext:
     # MKL's CPU matmuls otherwise round differently depending on how their inputs happen to be aligned in memory,
     # so a resumed run (other allocations) drifts from the uninterrupted one by an ulp within a few steps. Strict
     # conditional numerical reproducibility removes that at no measurable cost; MKL reads it at its first call.
-    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+    os.environ.setdefault("MKL_CBWR", MKL_REPRODUCIBLE)
     cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:

@@ -18,9 +18,7 @@ from typing import Iterator
 
 import torch
 
-from xfd.engine.context import RunContext, start_distributed
-
-MKL_REPRODUCIBLE = "AUTO,STRICT"  # MKL reads MKL_CBWR at its first call
+from xfd.engine.context import MKL_REPRODUCIBLE, RunContext, start_distributed
 
 
 def launched_as_ranks() -> bool:
