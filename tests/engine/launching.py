@@ -111,23 +111,27 @@ def run_launch(command: list[str], output: Path, kill_when=None) -> Launch:
 
 def train_in_process(argv: list[str], monkeypatch) -> int:
     """`xfd.cli.train.main(argv)` (what launcher/train.py calls) as a world of one in this process, for checks that
-    fail before any training (a launch costs ~20 s of start-up). The process group is torn down afterwards."""
+    fail before any training (a launch costs ~20 s of start-up). The environment, working directory, thread count
+    and process group are restored on return, not at the test's end: a launch later in the same test inherits
+    this process's environment, and a leaked LOCAL_WORLD_SIZE=1 would give its ranks other thread counts (and so
+    other float rounding) than the run it is compared with."""
     import torch
 
     from xfd.cli.train import main
 
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), **launch_env()}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("MKL_CBWR", raising=False)  # start_distributed sets it; undone with the rest afterwards
-    monkeypatch.chdir(REPO)
     threads = torch.get_num_threads()
-    try:
-        return main(argv)
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        import deepspeed.comm.comm as ds_comm
+    with monkeypatch.context() as patch:
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), **launch_env()}.items():
+            patch.setenv(key, value)
+        patch.delenv("MKL_CBWR", raising=False)  # start_distributed sets it
+        patch.chdir(REPO)
+        try:
+            return main(argv)
+        finally:
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            import deepspeed.comm.comm as ds_comm
 
-        ds_comm.cdb = None  # DeepSpeed's handle on the destroyed group
-        torch.set_num_threads(threads)
+            ds_comm.cdb = None  # DeepSpeed's handle on the destroyed group
+            torch.set_num_threads(threads)
