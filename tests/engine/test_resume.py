@@ -117,6 +117,8 @@ def test_sigkill_then_resume_reproduces_losses_step_for_step(zero2_run, shards, 
 
     launches = json.loads((out / "run.json").read_text())["launches"]
     assert [entry["resumed_from"] for entry in launches] == [None, killed_at]
+    assert launches[0]["threads"] == launches[1]["threads"] == json.loads(
+        (reference / "run.json").read_text())["launches"][0]["threads"]
 
 
 class Payload:

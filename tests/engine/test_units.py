@@ -290,3 +290,15 @@ def test_rng_state_round_trip(tmp_path):
     assert torch.equal(torch.rand(5), first)
     assert (tmp_path / "rng_rank00001.safetensors").is_file()
     restore_rng(tmp_path, rank=0)  # no file for that rank (another world size): left alone, no error
+
+
+def test_ranks_on_this_node_read_from_either_launcher(monkeypatch):
+    from xfd.engine.context import ranks_on_this_node
+
+    for name in ("LOCAL_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert ranks_on_this_node(16) == 16  # a plain process group: every rank on this node
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun
+    assert ranks_on_this_node(16) == 4
+    monkeypatch.setenv("LOCAL_SIZE", "8")  # deepspeed's launcher, which does not set LOCAL_WORLD_SIZE
+    assert ranks_on_this_node(16) == 8

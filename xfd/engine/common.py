@@ -14,7 +14,8 @@ from xfd.engine.checkpoint import install_safe_loading, save_checkpoint, tag_for
 from xfd.engine.context import RunContext
 from xfd.engine.deepspeed_config import build_deepspeed_config, offloads_optimizer, read_engine_json, zero_stage
 from xfd.engine.schedule import warmup_cosine
-from xfd.engine.steps import NonFiniteLoss, Position, nonfinite, nonfinite_message, reduced_scalars
+from xfd.engine.steps import (NonFiniteLoss, Position, average_batch_norm_statistics, nonfinite, nonfinite_message,
+                              reduced_scalars)
 from xfd.plots import CsvScalarLog
 
 
@@ -100,6 +101,7 @@ def take_micro_step(run: Run, engine, progress, loss: torch.Tensor, parts: dict[
     progress.micro_step(scalars, tracklets=tracklets, frames=frames, wait_seconds=wait_seconds)
     if pos.micro_steps % train.gradient_accumulation == 0:
         pos.global_step += 1
+        average_batch_norm_statistics(engine.module, run.ctx.world_size)
         progress.optimizer_step(epoch=epoch, step=step, global_step=pos.global_step, lr=current_lr(engine))
         if train.checkpoint_every and pos.global_step % train.checkpoint_every == 0:
             run.checkpoint(engine)

@@ -1,9 +1,9 @@
 """Who this process is in the run (rank, world, device) and the run folder's identity files.
 
-Nothing assumes one node: ranks and world come from the launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK,
-LOCAL_WORLD_SIZE, set by `deepspeed` on every node), the device is the local rank's GPU, and only global rank 0
-writes shared files in the run folder (which must therefore be on a filesystem every node sees, or be read only
-from the first node).
+Nothing assumes one node: ranks and world come from the launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK and
+the ranks on this node: LOCAL_SIZE from `deepspeed`, LOCAL_WORLD_SIZE from `torchrun`), the device is the local
+rank's GPU, and only global rank 0 writes shared files in the run folder (which must therefore be on a filesystem
+every node sees, or be read only from the first node).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def start_distributed(run_dir: str | Path) -> RunContext:
         torch.cuda.set_device(local_rank)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     world = torch.distributed.get_world_size()
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    local_world = ranks_on_this_node(world)
     if not cuda:
         # oneDNN's CPU convolutions (the patch embedding) pick kernels by memory layout and alignment, so a
         # resumed process could round differently from the uninterrupted one; the plain kernels always agree.
@@ -70,6 +71,15 @@ def start_distributed(run_dir: str | Path) -> RunContext:
     return RunContext(rank=torch.distributed.get_rank(), world_size=world, local_rank=local_rank,
                       local_world_size=local_world, device=torch.device("cuda", local_rank) if cuda else
                       torch.device("cpu"), run_dir=Path(run_dir))
+
+
+def ranks_on_this_node(world_size: int) -> int:
+    """How many ranks share this node's cores: `deepspeed` says LOCAL_SIZE, `torchrun` LOCAL_WORLD_SIZE; a plain
+    process is a world of its own."""
+    for name in ("LOCAL_SIZE", "LOCAL_WORLD_SIZE"):
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return world_size
 
 
 def git_revision(path: Path) -> str | None:
@@ -102,11 +112,17 @@ def write_run_identity(ctx: RunContext, cfg: ExperimentConfig, engine_json: dict
     import json
 
     launches = json.loads(history.read_text())["launches"] if history.is_file() else []
+    threads = torch.get_num_threads()
+    if resumed_from is not None and launches and launches[-1].get("threads", threads) != threads:
+        warnings.warn(f"{ctx.run_dir}: resuming with {threads} CPU threads a rank where the last launch had "
+                      f"{launches[-1]['threads']}; float sums round differently, so the losses will not repeat the "
+                      "uninterrupted run's bit for bit (set OMP_NUM_THREADS to match)")
     launches.append({
         "command": [sys.executable, *sys.argv],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git": git_revision(Path(__file__).resolve().parent),
         "world_size": ctx.world_size,
+        "threads": threads,  # CPU threads a rank: part of what makes a resumed run's floats repeat exactly
         "device": str(ctx.device),
         "deepspeed_config": ds_config_path,
         "deepspeed_config_resolved": engine_json,
