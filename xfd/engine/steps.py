@@ -32,9 +32,10 @@ def average_batch_norm_statistics(module: torch.nn.Module, world_size: int) -> N
     """Replace every BatchNorm's running mean and variance by their mean over ranks (one all-reduce).
 
     Each rank updates them from its own micro-batches and DeepSpeed (unlike DDP) never syncs buffers, so ranks
-    would validate with different statistics, and a checkpoint (rank 0's module state) would hand rank 0's to
-    every rank on resume, so a resumed run would no longer be the uninterrupted one. Averaged after every optimizer
-    step, all ranks hold one model, estimated from the whole global batch."""
+    would hold different models, and a checkpoint (rank 0's module state) would hand rank 0's statistics to every
+    rank on resume: a resumed rank 1 would no longer be the uninterrupted one. (Retrieval features come before the
+    necks, so only eval-mode ID logits read these statistics.) Averaged after every optimizer step, all ranks hold
+    one model, its statistics estimated from the whole global batch."""
     if world_size == 1 or not torch.distributed.is_initialized():
         return
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
