@@ -51,6 +51,12 @@ def train_command(ds_config: str, data: Path, output: Path, overrides: list[str]
             "--output", str(output), *(["--resume"] if resume else []), *overrides]
 
 
+def shared_memory_left(command: list[str]) -> list[Path]:
+    """DeepSpeed CPU all-reduce segments in /dev/shm that a launch with this command line left behind."""
+    port = command[command.index("--master_port") + 1]
+    return sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+
+
 @dataclass
 class Launch:
     command: list[str]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from launching import RESUME_TOTAL_STEPS, SHORT_OVERRIDES, launch
+from launching import RESUME_TOTAL_STEPS, SHORT_OVERRIDES, launch, shared_memory_left
 
 from xfd.engine.checkpoint import CHECKPOINTS, latest_tag, load_trained_model, parse_tag
 from xfd.model import build_model
@@ -99,6 +99,8 @@ def test_documented_command_zero2_both_stages(zero2_run):
     assert resolved["train_batch_size"] == 2 * 4 * 2  # P=2 x K=4 x 2 ranks
     assert "model:" in (out / "config.yaml").read_text()
     assert any((out / "monitor").rglob("*.csv")), "DeepSpeed's CSV monitor wrote nothing"
+    # DeepSpeed's CPU all-reduce segments (69 MB a rank in /dev/shm, i.e. RAM) do not outlive the run
+    assert not shared_memory_left(run.command)
 
 
 @pytest.mark.parametrize("ds_config", ["zero1.json", "zero3.json", "zero2_offload.json"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launching import RESUME_OVERRIDES, RESUME_TOTAL_STEPS, launch, train_in_process
+from launching import RESUME_OVERRIDES, RESUME_TOTAL_STEPS, launch, shared_memory_left, train_in_process
 from safetensors.torch import load_file
 
 from xfd.engine.checkpoint import CHECKPOINTS, LATEST, latest_tag, parse_tag, safe_checkpoint_engine, tag_for
@@ -79,6 +79,7 @@ def test_sigkill_then_resume_reproduces_losses_step_for_step(zero2_run, shards, 
 
     first = launch("zero2.json", shards, out, RESUME_OVERRIDES, kill_when=stage2_checkpoint_written)
     assert first.returncode is None, f"the run ended (rc {first.returncode}) before a stage-2 checkpoint\n{first.tail()}"
+    assert not shared_memory_left(first.command), "a killed launch left DeepSpeed's segments in /dev/shm"
     killed_at = latest_tag(out)
     stage, _, step = parse_tag(killed_at)
     assert stage == 2 and step < RESUME_TOTAL_STEPS and not (out / "summary.json").exists()

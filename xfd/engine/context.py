@@ -63,6 +63,8 @@ def start_distributed(run_dir: str | Path) -> RunContext:
     world = torch.distributed.get_world_size()
     local_world = ranks_on_this_node(world)
     if not cuda:
+        unlink_shared_memory_segment(torch.distributed.get_rank(), world, local_world)
+    if not cuda:
         # oneDNN's CPU convolutions (the patch embedding) pick kernels by memory layout and alignment, so a
         # resumed process could round differently from the uninterrupted one; the plain kernels always agree.
         torch.backends.mkldnn.enabled = False
@@ -71,6 +73,26 @@ def start_distributed(run_dir: str | Path) -> RunContext:
     return RunContext(rank=torch.distributed.get_rank(), world_size=world, local_rank=local_rank,
                       local_world_size=local_world, device=torch.device("cuda", local_rank) if cuda else
                       torch.device("cpu"), run_dir=Path(run_dir))
+
+
+def shared_memory_segment(rank: int) -> Path:
+    """The /dev/shm file DeepSpeed's CPU all-reduce creates for `rank` when every rank is on this node (its name is
+    built from the uid, MASTER_ADDR, MASTER_PORT and the rank)."""
+    address, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{address}_{port}_{rank}"
+
+
+def unlink_shared_memory_segment(rank: int, world_size: int, local_world_size: int) -> None:
+    """Remove this rank's name for DeepSpeed's CPU all-reduce segment once every rank has mapped every segment.
+
+    DeepSpeed never unlinks these (69 MB a rank, a new name for every master port), so each CPU launch, finished
+    or killed, would leave them in /dev/shm, which is RAM: a few dozen test sessions fill it. The mappings stay
+    valid after the unlink, and the kernel frees the memory when the last rank exits, however it exits. The
+    barrier first: a rank still opening the others' segments would otherwise wait for a name that is gone."""
+    if world_size != local_world_size:  # DeepSpeed only creates them when all ranks share this node
+        return
+    torch.distributed.barrier()
+    shared_memory_segment(rank).unlink(missing_ok=True)
 
 
 def ranks_on_this_node(world_size: int) -> int:
