@@ -335,16 +335,23 @@ class TrainConfig:
         return self.identities * self.instances
 
 
+EVAL_FRAMES = ("even", "clips")
+
+
 @dataclass
 class EvalConfig:
     """Feature extraction for validation and evaluation."""
 
-    batch_size: int = 8  # tracklets per extraction batch
+    batch_size: int = 8  # tracklets (clips with frames: clips) per extraction batch
     flip_tta: bool = True
     rerank: bool = False  # k-reciprocal re-ranking in validation
+    # even: L = data.num_frames evenly spaced frames a tracklet (REFERENCE §4); clips: every frame, in consecutive
+    # clips of L (the last padded), the clips' features averaged — slower by about n / L, uses every frame
+    frames: str = "even"
 
     def __post_init__(self):
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.frames in EVAL_FRAMES, "frames", f"must be one of {EVAL_FRAMES}, got {self.frames!r}")
 
 
 @dataclass

@@ -1,9 +1,9 @@
-"""Frame sampling: restricted random for training, evenly spaced for evaluation (REFERENCE §4)."""
+"""Frame sampling: restricted random for training, evenly spaced or every frame in clips for evaluation (REFERENCE §4)."""
 
 import numpy as np
 import pytest
 
-from xfd.data.sampling import evenly_spaced_indices, restricted_random_indices
+from xfd.data.sampling import clip_indices, evenly_spaced_indices, restricted_random_indices
 
 
 def test_evenly_spaced_takes_first_frame_of_each_chunk():
@@ -33,3 +33,14 @@ def test_bad_counts_are_errors():
         evenly_spaced_indices(0, 4)
     with pytest.raises(ValueError):
         restricted_random_indices(5, 0, np.random.default_rng(0))
+
+
+def test_clips_cover_every_frame_once_and_pad_the_last():
+    assert clip_indices(10, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 9, 9]]
+    assert clip_indices(8, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert clip_indices(2, 4) == [[0, 1, 1, 1]]
+    for n in range(1, 30):
+        clips = clip_indices(n, 6)
+        assert all(len(c) == 6 for c in clips) and sorted(set(sum(clips, []))) == list(range(n))
+    with pytest.raises(ValueError):
+        clip_indices(0, 4)

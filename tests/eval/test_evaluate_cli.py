@@ -1,6 +1,7 @@
 """launcher/evaluate.py's bad input and state, in one process: a protocol with an empty split is reported (table,
 JSON, warning) and left out of the mean instead of crashing the run; a model file whose weights do not fit its
-config is a clear error naming the keys; a plain run gives back the CPU settings it changed."""
+config is a clear error naming the keys; a plain run gives back the CPU settings it changed; --frames clips
+averages every frame's clips and the report says so."""
 
 from __future__ import annotations
 
@@ -89,6 +90,28 @@ def test_a_protocol_without_any_tracklet_anywhere_still_gives_a_report(shard_roo
     assert report["mean"] is None and all(p["empty"] for p in report["protocols"].values())
     assert any("no rank list" in w for w in report["warnings"]) and not (out / "ranklist.png").exists()
     assert (out / "submission.csv").read_text().splitlines() == ["row_id,case,query_tracklet,ranked_gallery_tracklets"]
+
+
+def test_frames_clips_averages_every_frame_and_says_so(shard_root, tmp_path):
+    runs = {}
+    for frames in ("even", "clips"):
+        out = tmp_path / frames
+        assert evaluate_cli.main(["--untrained", "--config", "tiny.yaml", "--data", str(shard_root), "--output",
+                                  str(out), "--frames", frames, *OVERRIDES, "data.num_frames=2"]) == 0
+        with np.load(out / "features" / "A2G.npz") as a2g:
+            runs[frames] = (json.loads((out / "report.json").read_text()), a2g["q_feats"], a2g["g_feats"])
+    assert runs["even"][0]["settings"]["frame_sampling"] == "evenly spaced"
+    assert runs["clips"][0]["settings"]["frame_sampling"] == "every frame in clips of L, averaged"
+    assert "every frame in clips of L = 2, averaged" in (tmp_path / "clips" / "table.md").read_text()
+    for side in (1, 2):  # tracklets longer than 2 frames get other features, still unit length
+        assert runs["even"][side].shape == runs["clips"][side].shape
+        assert not np.allclose(runs["even"][side], runs["clips"][side], atol=1e-4)
+        np.testing.assert_allclose(np.linalg.norm(runs["clips"][side], axis=1), 1.0, atol=1e-5)
+
+
+def test_an_unknown_eval_frames_setting_is_refused():
+    with pytest.raises(ValueError, match="frames"):
+        load_config("tiny.yaml", ["eval.frames=all"])
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Feature extraction from real shards: labels and order, padding of the last batch, 1 rank ≡ 2 ranks (in one
-process and as two gloo processes), error cases, and held-out validation end to end."""
+process and as two gloo processes), dense clips averaged, error cases, and held-out validation end to end."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from torch import nn
 
 from xfd.config import load_config
 from xfd.data.errors import DataError
+from xfd.data.pipeline import AugmentSettings, FramePipeline
 from xfd.data.shard import ShardOptions, shard_dataset
+from xfd.data.stream import StreamOptions, tracklet_stream
 from xfd.eval.extract import FeatureSet, extract_split, gather_feature_sets
 from xfd.eval.heldout import validate
 from xfd.model import build_model
@@ -104,6 +106,39 @@ def test_two_ranks_concatenated_equal_one_rank(model, val_split):
     assert not set(parts[0].keys) & set(parts[1].keys)
     _assert_same(FeatureSet.concatenate(parts[::-1]), whole)
     assert gather_feature_sets(whole, 1) is not whole and gather_feature_sets(whole, 1).keys == whole.keys
+
+
+def test_dense_clips_average_every_clip_of_a_tracklet(model, val_split):
+    """Clips of L = 2 over tracklets of 2-6 frames: 1-3 clips each, split across batches of 3 clips. Reference: each
+    clip alone through the eval pipeline and the model, the mean L2-normalised."""
+    dense = _extract(model, val_split, num_frames=2, batch_size=3, clips=True)
+    pipe = FramePipeline(tracklets=1, frames=2, settings=AugmentSettings(height=IMAGE_SIZE[0], width=IMAGE_SIZE[1]),
+                         train=False, num_threads=1)
+    expected, clip_counts = {}, {}
+    model.eval()
+    with torch.no_grad():
+        for t in tracklet_stream(val_split, StreamOptions(num_frames=2, clips=True)):
+            assert sorted(set(sum(t["clip_indices"], []))) == list(range(len(t["meta"]["frame_names"])))
+            platform = torch.tensor([{"ground": 0, "aerial": 1}[t["meta"]["platform"]]])  # (1,)
+            meta = torch.tensor([[t["meta"]["bins"][k] for k in ("altitude", "distance", "angle")]])  # (1, 3)
+            clips = [model.extract(pipe.run([clip])[0], platform, meta, flip_tta=True)[0].numpy()
+                     for clip in t["clips"]]  # each (D,)
+            mean = np.mean(clips, axis=0)
+            expected[t["key"]], clip_counts[t["key"]] = mean / np.linalg.norm(mean), len(clips)
+    assert sorted(set(clip_counts.values())) == [1, 2, 3]
+    np.testing.assert_allclose(dense.features, np.stack([expected[k] for k in dense.keys]), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.linalg.norm(dense.features, axis=1), 1.0, atol=1e-5)
+    even = _extract(model, val_split, num_frames=2)
+    assert even.keys == dense.keys
+    for row, key in enumerate(dense.keys):  # one clip: the same frames as evenly spaced; more: another feature
+        same = np.allclose(even.features[row], dense.features[row], atol=1e-5)
+        assert same == (clip_counts[key] == 1), key
+
+
+def test_dense_clips_on_two_ranks_equal_one_rank(model, val_split):
+    whole = _extract(model, val_split, num_frames=2, batch_size=5, clips=True)
+    parts = [_extract(model, val_split, num_frames=2, batch_size=2, clips=True, rank=r, world_size=2) for r in range(2)]
+    _assert_same(FeatureSet.concatenate(parts), whole)
 
 
 def test_a_rank_without_shards_returns_an_empty_part(model, val_split):

@@ -6,7 +6,8 @@ device or on every rank of a `deepspeed` launch.
     python launcher/evaluate.py --untrained --config tiny.yaml --data SHARDS --output RUN/eval-untrained
 
 Every rank extracts its shards of each protocol's query and gallery splits (DALI in evaluation mode: evenly
-spaced L = data.num_frames frames a tracklet, flip TTA per eval.flip_tta) and the parts are gathered, so N ranks
+spaced L = data.num_frames frames a tracklet, or with --frames clips every frame in clips of L with the clips'
+features averaged; flip TTA per eval.flip_tta) and the parts are gathered, so N ranks
 give exactly the features of one process. Rank 0 then saves them (OUTPUT/features/<protocol>.npz, the xfd-eval
 format), computes distances (CuPy on a GPU, NumPy otherwise; --distance-device), with --rerank also exact
 k-reciprocal re-ranking, the metrics, and writes report.json, table.md, cmc.png, ranklist.png and submission.csv
@@ -20,18 +21,21 @@ environment).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from xfd.config import load_config
+from xfd.config import EVAL_FRAMES, load_config
 from xfd.eval.model_eval import extract_protocols, find_protocols
 from xfd.eval.model_report import ReportOptions, write_model_report
 from xfd.eval.rerank import RerankParams
 from xfd.eval.runtime import evaluation_context, gather_objects
 from xfd.kernels.backend import DEVICES
+
+FRAME_SAMPLING = {"even": "evenly spaced", "clips": "every frame in clips of L, averaged"}  # report.json wording
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weight of the original distance (default: %(default)s)")
     parser.add_argument("--device", default=None,
                         help="plain runs: model device (default cuda when present, else cpu); not under deepspeed")
+    parser.add_argument("--frames", choices=EVAL_FRAMES, default=None,
+                        help="even: L evenly spaced frames a tracklet; clips: every frame in clips of L, the clips' "
+                             "features averaged (default: the model config's eval.frames)")
     parser.add_argument("--distance-device", choices=DEVICES, default="auto",
                         help="distances and re-ranking (auto: CuPy on a GPU when present)")
     parser.add_argument("--ranklist-queries", type=int, default=6, help="queries in ranklist.png (default 6)")
@@ -86,12 +93,15 @@ def evaluate(args) -> dict | None:
     with evaluation_context(args.output, args.device) as ctx:
         ready = time.perf_counter()
         model, cfg, source = load_model(args)
+        if args.frames is not None:
+            cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, frames=args.frames))
         model.to(ctx.device)
         loaded = time.perf_counter()
         extraction = extract_protocols(
             model, args.data, num_frames=cfg.data.num_frames, batch_size=cfg.eval.batch_size,
             image_size=tuple(cfg.model.backbone.image_size), device=ctx.device, flip_tta=cfg.eval.flip_tta,
-            num_threads=cfg.data.dali_threads, rank=ctx.rank, world_size=ctx.world_size, progress=ctx.is_main)
+            num_threads=cfg.data.dali_threads, rank=ctx.rank, world_size=ctx.world_size, progress=ctx.is_main,
+            clips=cfg.eval.frames == "clips")
         extracted = time.perf_counter()
         own, busy = extraction.rank_tracklets, extraction.rank_seconds
         per_rank = gather_objects({"rank": ctx.rank, "device": str(ctx.device), "tracklets": own, "seconds": busy,
@@ -101,7 +111,7 @@ def evaluate(args) -> dict | None:
         world = ctx.world_size
     # Rank 0 alone from here: the process group is gone, so no timeout can cut the evaluation short.
     settings = {"model": source, "data": str(args.data), "world_size": world, "flip_tta": cfg.eval.flip_tta,
-                "num_frames": cfg.data.num_frames, "frame_sampling": "evenly spaced",
+                "num_frames": cfg.data.num_frames, "frame_sampling": FRAME_SAMPLING[cfg.eval.frames],
                 "batch_size": cfg.eval.batch_size, "image_size": list(cfg.model.backbone.image_size)}
     folders = {p.name: (args.data / p.query, args.data / p.gallery) for p in find_protocols(args.data)}
     options = ReportOptions(rerank=RerankParams(args.k1, args.k2, args.lam) if args.rerank else None,

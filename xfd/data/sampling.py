@@ -1,8 +1,9 @@
 """Which frames of a tracklet to use (REFERENCE §4).
 
 A tracklet of n frames is split into L equal chunks. Training takes one random frame from each chunk
-(restricted random sampling); evaluation takes the first frame of each chunk (evenly spaced). A tracklet shorter
-than L repeats its last frame. The shard tool uses the evenly spaced form to cap very long tracklets.
+(restricted random sampling); evaluation takes the first frame of each chunk (evenly spaced), or, densely, every
+frame in consecutive clips of L. A tracklet (or last clip) shorter than L repeats its last frame. The shard tool
+uses the evenly spaced form to cap very long tracklets.
 """
 
 from __future__ import annotations
@@ -35,3 +36,12 @@ def restricted_random_indices(n: int, count: int, rng: np.random.Generator) -> l
         return _padded(n, count)
     bounds = _chunk_starts(n, count)
     return rng.integers(bounds[:-1], bounds[1:]).tolist()
+
+
+def clip_indices(n: int, count: int) -> list[list[int]]:
+    """Every frame of `range(n)` in consecutive clips of `count`; the last clip is padded with its last frame."""
+    if n <= 0 or count <= 0:
+        raise ValueError(f"need a non-empty tracklet and a positive frame count, got n={n}, count={count}")
+    clips = [list(range(start, min(start + count, n))) for start in range(0, n, count)]
+    clips[-1] += [clips[-1][-1]] * (count - len(clips[-1]))
+    return clips

@@ -1,4 +1,5 @@
-"""Reading shard sets: a WebDataset stream of tracklets, each with L sampled encoded JPEG frames.
+"""Reading shard sets: a WebDataset stream of tracklets, each with L sampled encoded JPEG frames (or, for dense
+evaluation, every frame in clips of L).
 
 Evaluation mode is one ordered pass: shards split by global rank, then by DataLoader worker, so that every
 sample is read exactly once across all ranks and workers. Training mode resamples shards (with replacement,
@@ -19,7 +20,7 @@ import torch.utils.data
 import webdataset as wds
 
 from .errors import DataError
-from .sampling import evenly_spaced_indices, restricted_random_indices
+from .sampling import clip_indices, evenly_spaced_indices, restricted_random_indices
 from .shard import FORMAT_VERSION, MANIFEST_NAME
 
 MODES = ("train", "eval")
@@ -37,10 +38,13 @@ class StreamOptions:
     world_size: int = 1
     seed: int = 0
     shuffle_buffer: int = 256  # samples; training mode only
+    clips: bool = False  # eval mode: every frame, in consecutive clips of num_frames (sample["clips"])
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.clips and self.mode != "eval":
+            raise ValueError("clips (every frame in clips of L) is an evaluation mode")
         if self.num_frames < 1:
             raise ValueError("num_frames must be >= 1")
         if not 0 <= self.rank < self.world_size:
@@ -100,6 +104,12 @@ def _select_frames(options: StreamOptions):
         rng = np.random.default_rng([options.seed, options.rank, worker, num_workers])
         for sample in samples:
             key, meta, frames = parse_tracklet_sample(sample)
+            if options.clips:
+                clips = clip_indices(len(frames), options.num_frames)
+                yield {"key": key, "meta": meta, "url": sample["__url__"],
+                       "clips": [[frames[i] for i in clip] for clip in clips],  # ceil(n / L) x L encoded JPEGs
+                       "clip_indices": clips}
+                continue
             if options.mode == "train":
                 indices = restricted_random_indices(len(frames), options.num_frames, rng)
             else:

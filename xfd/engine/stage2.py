@@ -64,7 +64,7 @@ def run_validation(run: Run, module) -> dict[str, float] | None:
     part = extract_split(module, folder, num_frames=cfg.data.num_frames, batch_size=cfg.eval.batch_size,
                          image_size=tuple(cfg.model.backbone.image_size), device=ctx.device, flip_tta=cfg.eval.flip_tta,
                          rank=0 if shared else ctx.rank, world_size=1 if shared else ctx.world_size,
-                         num_threads=cfg.data.dali_threads, progress=False)
+                         num_threads=cfg.data.dali_threads, progress=False, clips=cfg.eval.frames == "clips")
     features = part if shared else gather_feature_sets(part, ctx.world_size)
     options = EvalOptions(rerank=RerankParams() if cfg.eval.rerank else None, device="cpu")
     with warnings.catch_warnings():

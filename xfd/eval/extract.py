@@ -3,7 +3,8 @@
 Each rank reads only its own shards (`tracklet_stream` in eval mode splits shards by global rank) and returns a
 `FeatureSet` of its tracklets; `gather_feature_sets` joins the parts of all ranks and orders them by key, so the
 result does not depend on the number of ranks (1 rank ≡ N ranks). Features are the model's L2-normalised
-retrieval features (`model.extract`, optional flip TTA), ready for `xfd.eval.evaluate`.
+retrieval features (`model.extract`, optional flip TTA) of L evenly spaced frames, or the re-normalised mean over
+clips of L covering every frame, ready for `xfd.eval.evaluate`.
 """
 
 from __future__ import annotations
@@ -115,21 +116,65 @@ def _pipeline_device(device: torch.device) -> int | None:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
+def _clips(tracklets: Iterable[dict]) -> Iterator[tuple[int, dict, list[bytes], list[int]]]:
+    """(tracklet ordinal, tracklet, L encoded frames, their frame indices) for every clip, tracklet by tracklet: one
+    clip a tracklet for evenly spaced frames, ceil(n / L) for dense clips."""
+    for ordinal, tracklet in enumerate(tracklets):
+        if "clips" in tracklet:
+            for frames, indices in zip(tracklet["clips"], tracklet["clip_indices"]):
+                yield ordinal, tracklet, frames, indices
+        else:
+            yield ordinal, tracklet, tracklet["frames"], tracklet["frame_indices"]
+
+
+class _TrackletMeans:
+    """Clip features in, tracklet features out: the mean of a tracklet's clips, L2-normalised again (a single
+    clip's feature passes unchanged). Clips arrive in tracklet order, so a tracklet is complete when the next
+    one starts."""
+
+    def __init__(self):
+        self.done: list[tuple[dict, np.ndarray]] = []  # (tracklet, feature (D,)) in stream order
+        self._ordinal, self._tracklet, self._clips = -1, None, []
+
+    def add(self, ordinal: int, tracklet: dict, feature: np.ndarray) -> None:
+        if ordinal != self._ordinal:
+            self._close()
+            self._ordinal, self._tracklet = ordinal, tracklet
+        self._clips.append(feature)
+
+    def finish(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if not self._clips:
+            return
+        if len(self._clips) == 1:
+            feature = self._clips[0]
+        else:
+            mean = np.mean(np.stack(self._clips).astype(np.float64), axis=0)  # (D,)
+            feature = (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
+        self.done.append((self._tracklet, feature))
+        self._clips = []
+
+
 def extract_split(model, folder: str | Path, *, num_frames: int, batch_size: int, image_size: tuple[int, int],
                   device: str | torch.device = "cpu", flip_tta: bool = True, rank: int = 0, world_size: int = 1,
-                  num_threads: int = 2, loader_workers: int = 0, progress: bool = True) -> FeatureSet:
+                  num_threads: int = 2, loader_workers: int = 0, progress: bool = True,
+                  clips: bool = False) -> FeatureSet:
     """This rank's features of the shard set in `folder` (its shards only; join ranks with gather_feature_sets).
 
-    Tracklets go through the eval FramePipeline B at a time; the pipeline's batch size is fixed, so the last
-    partial batch is padded with copies of its last tracklet and the padded outputs are dropped (in eval mode a
-    tracklet's feature does not depend on its batch neighbours). The model runs in eval mode without gradients
-    and gets its previous train/eval mode back afterwards.
+    Each tracklet is L evenly spaced frames, or with `clips` every frame in consecutive clips of L (the last
+    padded with its last frame) whose features are averaged and L2-normalised again. Clips go through the eval
+    FramePipeline B at a time; the pipeline's batch size is fixed, so the last partial batch is padded with copies
+    of its last clip and the padded outputs are dropped (in eval mode a clip's feature does not depend on its
+    batch neighbours, so neither does a tracklet's). The model runs in eval mode without gradients and gets its
+    previous train/eval mode back afterwards.
     """
     folder = Path(folder)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     stream = tracklet_stream(folder, StreamOptions(num_frames=num_frames, mode="eval", rank=rank,
-                                                   world_size=world_size))
+                                                   world_size=world_size, clips=clips))
     expected = _rank_sample_count(folder, rank, world_size)
     if expected == 0 and world_size == 1:
         raise ValueError(f"{folder}: the split holds no tracklets; nothing to extract")
@@ -139,38 +184,43 @@ def extract_split(model, folder: str | Path, *, num_frames: int, batch_size: int
                          train=False, device_id=_pipeline_device(device), num_threads=num_threads)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=loader_workers)
 
-    keys, features, labels = [], [], []
+    means = _TrackletMeans()
     dtype = next(iter(model.parameters()), torch.empty(0)).dtype  # bf16 under a bf16 DeepSpeed engine
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), tqdm(total=expected, desc=f"features {folder.name}", unit="tracklet",
                                    disable=not progress or rank != 0, leave=False) as bar:
-            for batch in _batches(loader, batch_size):
+            for batch in _batches(_clips(loader), batch_size):
                 n = len(batch)
                 padded = batch + [batch[-1]] * (batch_size - n)
-                for t in batch:  # a damaged frame is named here, not as DALI's anonymous "sample #n"
-                    for i, data in zip(t["frame_indices"], t["frames"]):
+                for _, t, frames, indices in batch:  # a damaged frame is named here, not as DALI's "sample #n"
+                    for i, data in zip(indices, frames):
                         check_jpeg_structure(data, f"{t['url']} [{t['key']}] frame {i}")
-                frames, _ = pipe.run([t["frames"] for t in padded])  # (B, L, 3, H, W)
-                batch_labels = [_labels(t) for t in padded]
+                frames, _ = pipe.run([clip[2] for clip in padded])  # (B, L, 3, H, W)
+                batch_labels = [_labels(clip[1]) for clip in padded]
                 platform = torch.tensor([lab[2] for lab in batch_labels], dtype=torch.long, device=device)  # (B,)
                 meta = torch.tensor([lab[3] for lab in batch_labels], dtype=torch.long, device=device)  # (B, 3)
                 out = model.extract(frames.to(device, dtype), platform, meta, flip_tta=flip_tta)  # (B, D)
-                features.append(out[:n].float().cpu().numpy())
-                keys += [t["key"] for t in batch]
-                labels += batch_labels[:n]
-                bar.update(n)
+                finished = len(means.done)
+                for (ordinal, t, _, _), feature in zip(batch, out[:n].float().cpu().numpy()):
+                    means.add(ordinal, t, feature)
+                bar.update(len(means.done) - finished)
+            means.finish()
+            bar.update(len(means.done) - bar.n)
     finally:
         model.train(was_training)
 
+    keys = [t["key"] for t, _ in means.done]
+    labels = [_labels(t) for t, _ in means.done]
     if len(keys) != expected:
         raise ValueError(f"{folder}: rank {rank} of {world_size} read {len(keys)} tracklets, its shards' manifest "
                          f"entries list {expected}")
-    dim = features[0].shape[1] if features else int(getattr(model, "feature_dim", 0))
+    dim = means.done[0][1].shape[0] if means.done else int(getattr(model, "feature_dim", 0))
     part = FeatureSet(
         keys,
-        np.concatenate(features).astype(np.float32, copy=False) if features else np.zeros((0, dim), np.float32),
+        np.stack([f for _, f in means.done]).astype(np.float32, copy=False) if means.done
+        else np.zeros((0, dim), np.float32),
         np.array([lab[0] for lab in labels], dtype=np.int64),
         np.array([lab[1] for lab in labels], dtype=np.int64),
         np.array([lab[2] for lab in labels], dtype=np.int8),

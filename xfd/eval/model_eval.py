@@ -92,7 +92,7 @@ class Extraction:
 
 def extract_protocols(model, root: str | Path, *, num_frames: int, batch_size: int, image_size: tuple[int, int],
                       device="cpu", flip_tta: bool = True, num_threads: int = 2, rank: int = 0, world_size: int = 1,
-                      progress: bool = True) -> Extraction:
+                      progress: bool = True, clips: bool = False) -> Extraction:
     """Features of every protocol of ROOT: this rank extracts its shards of each split, the parts are gathered
     (collective: with world_size > 1 every rank must call this with the same arguments)."""
     root = Path(root)
@@ -106,7 +106,7 @@ def extract_protocols(model, root: str | Path, *, num_frames: int, batch_size: i
             start = time.perf_counter()
             part = extract_split(model, root / split, num_frames=num_frames, batch_size=batch_size,
                                  image_size=image_size, device=device, flip_tta=flip_tta, num_threads=num_threads,
-                                 rank=rank, world_size=world_size, progress=progress)
+                                 rank=rank, world_size=world_size, progress=progress, clips=clips)
             busy += time.perf_counter() - start
             own += len(part)
             sides.append(gather_feature_sets(part, world_size))

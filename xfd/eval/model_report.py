@@ -82,7 +82,9 @@ def _settings_line(settings: dict) -> str:
     if "world_size" in settings:
         parts.append(f"{settings['world_size']} rank(s)")
     if "num_frames" in settings:
-        parts.append(f"L = {settings['num_frames']} {settings.get('frame_sampling', '')} frames".replace("  ", " "))
+        sampling = settings.get("frame_sampling", "")
+        parts.append(f"every frame in clips of L = {settings['num_frames']}, averaged" if sampling.startswith("every")
+                     else f"L = {settings['num_frames']} {sampling} frames".replace("  ", " "))
     if "flip_tta" in settings:
         parts.append(f"flip TTA {'on' if settings['flip_tta'] else 'off'}")
     if "image_size" in settings:
