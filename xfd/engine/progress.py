@@ -80,3 +80,9 @@ class StageProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+    def __enter__(self) -> "StageProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -83,23 +83,23 @@ def train_prompts(run: Run, model, index: ShardIndex) -> dict[str, torch.Tensor]
     progress = StageProgress(stage=1, total_steps=total, done_steps=pos.global_step, is_main=ctx.is_main,
                              monitor=monitor_of(engine, ctx.is_main), log=run.log, log_every=cfg.train.log_every)
     start_epoch, start_step = pos.epoch, pos.step
-    for epoch in range(start_epoch, s1.epochs):
-        order = epoch_order(len(labels), batch, world, cfg.train.seed, epoch)
-        for step in range(start_step if epoch == start_epoch else 0, steps):
+    with progress:  # the bar is closed however the loop ends, an error included
+        for epoch in range(start_epoch, s1.epochs):
+            order = epoch_order(len(labels), batch, world, cfg.train.seed, epoch)
+            for step in range(start_step if epoch == start_epoch else 0, steps):
+                if run.stopped():
+                    break
+                rows = order[(step * world + ctx.rank) * batch:(step * world + ctx.rank + 1) * batch]
+                batch_labels = labels[rows].to(ctx.device)  # (B,)
+                text_features = engine(batch_labels)  # (B, E)
+                loss, parts = stage1_loss(features[rows].to(ctx.device), text_features, batch_labels, cfg.train.loss)
+                take_micro_step(run, engine, progress, loss, parts, epoch=epoch, step=step,
+                                batch_names=lambda: [f"label {int(v)}" for v in batch_labels], tracklets=len(rows),
+                                frames=0, wait_seconds=0.0)
             if run.stopped():
                 break
-            rows = order[(step * world + ctx.rank) * batch:(step * world + ctx.rank + 1) * batch]
-            batch_labels = labels[rows].to(ctx.device)  # (B,)
-            text_features = engine(batch_labels)  # (B, E)
-            loss, parts = stage1_loss(features[rows].to(ctx.device), text_features, batch_labels, cfg.train.loss)
-            take_micro_step(run, engine, progress, loss, parts, epoch=epoch, step=step,
-                            batch_names=lambda: [f"label {int(v)}" for v in batch_labels], tracklets=len(rows),
-                            frames=0, wait_seconds=0.0)
-        if run.stopped():
-            break
-        pos.epoch, pos.step = epoch + 1, 0
-        run.checkpoint(engine)
-    progress.close()
+            pos.epoch, pos.step = epoch + 1, 0
+            run.checkpoint(engine)
     text.eval()
     text.cache_features()  # (C, E), computed by every rank (ZeRO-3 gathers the weights)
     state = {f"text.{k}": v for k, v in full_state_dict(text, run.zero3).items()}

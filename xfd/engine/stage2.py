@@ -106,35 +106,35 @@ def train_image_side(run: Run, model, index: ShardIndex, text_state: dict) -> No
                              log_every=train.log_every)
     frames_per_batch = train.micro_batch * cfg.data.num_frames
     start_epoch, start_step = pos.epoch, pos.step
-    for epoch in range(start_epoch, s2.epochs):
-        start = start_step if epoch == start_epoch else 0
-        waited = loader.wait_seconds
-        for step, batch in enumerate(loader.batches(epoch, start), start=start):
+    with progress:  # the bar is closed however the loop ends, an error included
+        for epoch in range(start_epoch, s2.epochs):
+            start = start_step if epoch == start_epoch else 0
+            waited = loader.wait_seconds
+            for step, batch in enumerate(loader.batches(epoch, start), start=start):
+                if run.stopped():
+                    break
+                out = engine(batch.frames.to(dtype), batch.platform, batch.meta)
+                loss, parts = stage2_loss(out, batch.labels, class_text, cfg.train.loss)
+                wait, waited = loader.wait_seconds - waited, loader.wait_seconds
+                take_micro_step(run, engine, progress, loss, parts, epoch=epoch, step=step,
+                                batch_names=lambda: batch.keys, tracklets=train.micro_batch, frames=frames_per_batch,
+                                wait_seconds=wait)
             if run.stopped():
                 break
-            out = engine(batch.frames.to(dtype), batch.platform, batch.meta)
-            loss, parts = stage2_loss(out, batch.labels, class_text, cfg.train.loss)
-            wait, waited = loader.wait_seconds - waited, loader.wait_seconds
-            take_micro_step(run, engine, progress, loss, parts, epoch=epoch, step=step,
-                            batch_names=lambda: batch.keys, tracklets=train.micro_batch, frames=frames_per_batch,
-                            wait_seconds=wait)
-        if run.stopped():
-            break
-        pos.epoch, pos.step = epoch + 1, 0
-        last = epoch + 1 == s2.epochs
-        if train.validate_every and ((epoch + 1) % train.validate_every == 0 or last):
-            scalars = run_validation(run, engine.module)
-            if scalars is not None:
-                progress.write(scalars, epoch=epoch + 1, step=0, global_step=pos.global_step)
-                if ctx.is_main:
-                    progress.bar.write("validation after epoch {}: mAP {:.2f} ({})".format(
-                        epoch + 1, scalars["val/mAP"], ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in
-                                                                scalars.items() if k.startswith("val/mAP/"))))
-                if scalars["val/mAP"] > pos.best_map:
-                    pos.best_map = scalars["val/mAP"]
-                    export_model(run, engine.module, text_state, "best.safetensors", validation=scalars)
-        run.checkpoint(engine)
-    progress.close()
+            pos.epoch, pos.step = epoch + 1, 0
+            last = epoch + 1 == s2.epochs
+            if train.validate_every and ((epoch + 1) % train.validate_every == 0 or last):
+                scalars = run_validation(run, engine.module)
+                if scalars is not None:
+                    progress.write(scalars, epoch=epoch + 1, step=0, global_step=pos.global_step)
+                    if ctx.is_main:
+                        progress.bar.write("validation after epoch {}: mAP {:.2f} ({})".format(
+                            epoch + 1, scalars["val/mAP"], ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in
+                                                                    scalars.items() if k.startswith("val/mAP/"))))
+                    if scalars["val/mAP"] > pos.best_map:
+                        pos.best_map = scalars["val/mAP"]
+                        export_model(run, engine.module, text_state, "best.safetensors", validation=scalars)
+            run.checkpoint(engine)
     run.data_wait_share = progress.data_wait_share()
     run.skips = loader.skips
     export_model(run, engine.module, text_state, "model.safetensors")
