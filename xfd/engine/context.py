@@ -15,6 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -51,11 +52,8 @@ def start_distributed(run_dir: str | Path) -> RunContext:
     """Initialise torch.distributed through DeepSpeed (NCCL on GPUs, gloo on CPU) and describe this process."""
     import deepspeed
 
-    # MKL's CPU matmuls otherwise round differently depending on how their inputs happen to be aligned in memory,
-    # so a resumed run (other allocations) drifts from the uninterrupted one by an ulp within a few steps. Strict
-    # conditional numerical reproducibility removes that at no measurable cost; MKL reads it at its first call.
-    os.environ.setdefault("MKL_CBWR", MKL_REPRODUCIBLE)
     cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+    use_reproducible_cpu_numerics(cpu=not cuda)  # for the process's life
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)
@@ -64,15 +62,33 @@ def start_distributed(run_dir: str | Path) -> RunContext:
     local_world = ranks_on_this_node(world)
     if not cuda:
         unlink_shared_memory_segment(torch.distributed.get_rank(), world, local_world)
-    if not cuda:
-        # oneDNN's CPU convolutions (the patch embedding) pick kernels by memory layout and alignment, so a
-        # resumed process could round differently from the uninterrupted one; the plain kernels always agree.
-        torch.backends.mkldnn.enabled = False
-    if not cuda and "OMP_NUM_THREADS" not in os.environ:  # ranks of one CPU node share its cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        if "OMP_NUM_THREADS" not in os.environ:  # ranks of one CPU node share its cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     return RunContext(rank=torch.distributed.get_rank(), world_size=world, local_rank=local_rank,
                       local_world_size=local_world, device=torch.device("cuda", local_rank) if cuda else
                       torch.device("cpu"), run_dir=Path(run_dir))
+
+
+def use_reproducible_cpu_numerics(cpu: bool) -> Callable[[], None]:
+    """Strict MKL conditional numerical reproducibility and, for a CPU device, the plain (not oneDNN) kernels;
+    returns a function that puts the previous settings back.
+
+    MKL's CPU matmuls otherwise round differently depending on how their inputs happen to be aligned in memory,
+    and oneDNN's CPU convolutions (the patch embedding) pick kernels by layout and alignment: a resumed run (other
+    allocations) would drift from the uninterrupted one by an ulp within a few steps, and a tracklet's features
+    would depend on its batch and rank. MKL reads MKL_CBWR at its first call, so this must come before any matmul;
+    neither costs anything measurable here."""
+    had_cbwr, onednn = "MKL_CBWR" in os.environ, torch.backends.mkldnn.enabled
+    os.environ.setdefault("MKL_CBWR", MKL_REPRODUCIBLE)
+    if cpu:
+        torch.backends.mkldnn.enabled = False
+
+    def restore() -> None:
+        torch.backends.mkldnn.enabled = onednn
+        if not had_cbwr:
+            os.environ.pop("MKL_CBWR", None)
+
+    return restore
 
 
 def shared_memory_segment(rank: int) -> Path:

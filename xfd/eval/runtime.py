@@ -18,7 +18,7 @@ from typing import Iterator
 
 import torch
 
-from xfd.engine.context import MKL_REPRODUCIBLE, RunContext, start_distributed
+from xfd.engine.context import RunContext, start_distributed, use_reproducible_cpu_numerics
 
 
 def launched_as_ranks() -> bool:
@@ -49,16 +49,11 @@ def evaluation_context(output: str | Path, device: str | None = None) -> Iterato
                 torch.distributed.destroy_process_group()
         return
     chosen = torch.device(device) if device is not None else default_device()
-    had_cbwr, onednn = "MKL_CBWR" in os.environ, torch.backends.mkldnn.enabled
-    os.environ.setdefault("MKL_CBWR", MKL_REPRODUCIBLE)
-    if chosen.type == "cpu":
-        torch.backends.mkldnn.enabled = False
+    restore = use_reproducible_cpu_numerics(cpu=chosen.type == "cpu")
     try:
         yield RunContext(rank=0, world_size=1, local_rank=0, local_world_size=1, device=chosen, run_dir=Path(output))
     finally:
-        torch.backends.mkldnn.enabled = onednn
-        if not had_cbwr:
-            os.environ.pop("MKL_CBWR", None)
+        restore()
 
 
 def gather_objects(item, world_size: int) -> list:
