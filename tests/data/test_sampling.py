@@ -1,4 +1,5 @@
-"""Frame sampling: restricted random for training, evenly spaced or every frame in clips for evaluation (REFERENCE §4)."""
+"""Frame sampling: restricted random for training; evenly spaced, or every frame in clips, for evaluation
+(REFERENCE §4)."""
 
 import numpy as np
 import pytest

@@ -7,15 +7,14 @@ device or on every rank of a `deepspeed` launch.
 
 Every rank extracts its shards of each protocol's query and gallery splits (DALI in evaluation mode: evenly
 spaced L = data.num_frames frames a tracklet, or with --frames clips every frame in clips of L with the clips'
-features averaged; flip TTA per eval.flip_tta) and the parts are gathered, so N ranks
-give exactly the features of one process. Rank 0 then saves them (OUTPUT/features/<protocol>.npz, the xfd-eval
-format), computes distances (CuPy on a GPU, NumPy otherwise; --distance-device), with --rerank also exact
-k-reciprocal re-ranking, the metrics, and writes report.json, table.md, cmc.png, ranklist.png and submission.csv
-(xfd.eval.model_report), printing the tables and a one-line timing split. The other ranks leave once the
-features are gathered: a barrier waiting for rank 0's evaluation could outlast the process group's timeout
-(DeepSpeed's default is 10 minutes) on a large gallery. `--checkpoint RUN` (a run folder) picks
-RUN/model.safetensors. `--local_rank`, which the launcher appends, is accepted (ranks come from the
-environment).
+features averaged; flip TTA per eval.flip_tta) and the parts are gathered, so N ranks give exactly the features
+of one process. Rank 0 then saves them (OUTPUT/features/<protocol>.npz, the xfd-eval format), computes
+distances (CuPy on a GPU, NumPy otherwise; --distance-device), with --rerank also exact k-reciprocal re-ranking,
+the metrics, and writes report.json, table.md, cmc.png, ranklist.png and submission.csv (xfd.eval.model_report),
+printing the tables and a one-line timing split. The other ranks leave once the features are gathered: a barrier
+waiting for rank 0's evaluation could outlast the process group's timeout (DeepSpeed's default is 10 minutes) on
+a large gallery. `--checkpoint RUN` (a run folder) picks RUN/model.safetensors. `--local_rank`, which the
+launcher appends, is accepted (ranks come from the environment).
 """
 
 from __future__ import annotations
@@ -30,12 +29,10 @@ import torch
 
 from xfd.config import EVAL_FRAMES, load_config
 from xfd.eval.model_eval import extract_protocols, find_protocols
-from xfd.eval.model_report import ReportOptions, write_model_report
+from xfd.eval.model_report import FRAME_SAMPLING, ReportOptions, write_model_report
 from xfd.eval.rerank import RerankParams
 from xfd.eval.runtime import evaluation_context, gather_objects
 from xfd.kernels.backend import DEVICES
-
-FRAME_SAMPLING = {"even": "evenly spaced", "clips": "every frame in clips of L, averaged"}  # report.json wording
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,8 @@ from xfd.eval.rerank import RerankParams
 from xfd.kernels.backend import resolve_device
 
 FEATURES_DIR = "features"
+# settings["frame_sampling"] for each eval.frames value, as report.json and the tables' settings line say it
+FRAME_SAMPLING = {"even": "evenly spaced", "clips": "every frame in clips of L, averaged"}
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,9 @@ def _settings_line(settings: dict) -> str:
     if "world_size" in settings:
         parts.append(f"{settings['world_size']} rank(s)")
     if "num_frames" in settings:
-        sampling = settings.get("frame_sampling", "")
-        parts.append(f"every frame in clips of L = {settings['num_frames']}, averaged" if sampling.startswith("every")
-                     else f"L = {settings['num_frames']} {sampling} frames".replace("  ", " "))
+        sampling, frames = settings.get("frame_sampling", ""), settings["num_frames"]
+        parts.append(f"every frame in clips of L = {frames}, averaged" if sampling == FRAME_SAMPLING["clips"]
+                     else f"L = {frames} {sampling} frames".replace("  ", " "))
     if "flip_tta" in settings:
         parts.append(f"flip TTA {'on' if settings['flip_tta'] else 'off'}")
     if "image_size" in settings:

@@ -15,7 +15,6 @@ How the N×N matrices of the textbook algorithm are avoided:
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import numpy as np

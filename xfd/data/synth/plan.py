@@ -7,7 +7,8 @@ the frame-count range changes.
 
 Layout (REFERENCE §1): train and test identities are disjoint. A train identity gets one ground tracklet and
 `train_aerial` aerial tracklets from distinct capture points in each session (2 + 2·train_aerial: 4 by default;
-the demo uses 2, so that training sees aerial pairs of one outfit from two capture points, as A2A asks of it). A test identity gets one query and one gallery tracklet in each case (6):
+the demo uses 2, so that training sees aerial pairs of one outfit from two capture points, as A2A asks of it).
+A test identity gets one query and one gallery tracklet in each case (6):
 case1 aerial query / ground gallery, case2 ground / aerial, case3 aerial / aerial from two different capture
 points — so every query has a match with another camid under the capture-point rule. In each case, half of the
 test identities (balanced, shuffled) are matched across sessions — a clothing change — and half within one.
