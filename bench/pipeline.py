@@ -37,9 +37,12 @@ from xfd.cli import shard as shard_cli
 from xfd.cli import synth as synth_cli
 from xfd.data.index import ShardIndex
 from xfd.data.loader import TrainLoader
-from xfd.data.pipeline import CLIP_MEAN, CLIP_STD, AugmentSettings, FramePipeline, draw_clip_params
+from xfd.config import AugmentConfig
+from xfd.data.pipeline import CLIP_MEAN, CLIP_STD, FramePipeline, draw_clip_params
 from xfd.data.pk import PKSampler
 from xfd.data.sampling import restricted_random_indices
+
+IMAGE_SIZE = (256, 128)  # the paper's frame size (height, width)
 
 
 def build_shards(scratch: Path, ids: int) -> Path:
@@ -72,8 +75,8 @@ def endless(loader: TrainLoader):
 class TorchvisionBatches(torch.utils.data.Dataset):
     """Item (epoch, step) → the same PK batch as TrainLoader's, decoded and augmented with PIL/torchvision."""
 
-    def __init__(self, folder: Path, sampler: PKSampler, frames: int, settings: AugmentSettings):
-        self.folder, self.sampler, self.frames, self.settings = folder, sampler, frames, settings
+    def __init__(self, folder: Path, sampler: PKSampler, frames: int, augment: AugmentConfig):
+        self.folder, self.sampler, self.frames, self.augment = folder, sampler, frames, augment
         self.index = None  # opened in each worker
 
     def __len__(self) -> int:
@@ -83,18 +86,19 @@ class TorchvisionBatches(torch.utils.data.Dataset):
         if self.index is None:
             self.index = ShardIndex.open(self.folder)
         epoch, step = divmod(item, self.sampler.steps_per_epoch())
-        s = self.settings
+        (height, width), pad = IMAGE_SIZE, self.augment.pad
         # the draws FramePipeline(seed=0).params_for(epoch, step) makes
-        params = draw_clip_params(np.random.default_rng([0, epoch, step]), self.sampler.batch_size, s, True)
+        params = draw_clip_params(np.random.default_rng([0, epoch, step]), self.sampler.batch_size, IMAGE_SIZE,
+                                  self.augment)
         clips = []
         for position, key in enumerate(self.sampler.batch(epoch, step, 0)):
             rng = np.random.default_rng([0, epoch, step, 0, position])
             indices = restricted_random_indices(self.index.num_frames(key), self.frames, rng)
-            top, left = (int(v) + s.pad for v in params["crop_anchor"][position])
+            top, left = (int(v) + pad for v in params["crop_anchor"][position])
             clip = []
             for data in self.index.frames(key, indices):
-                image = Image.open(io.BytesIO(data)).convert("RGB").resize((s.width, s.height), Image.BILINEAR)
-                image = tf.crop(tf.pad(image, s.pad), top, left, s.height, s.width)
+                image = Image.open(io.BytesIO(data)).convert("RGB").resize((width, height), Image.BILINEAR)
+                image = tf.crop(tf.pad(image, pad), top, left, height, width)
                 image = tf.adjust_brightness(image, float(params["brightness"][position]))
                 image = tf.adjust_contrast(image, float(params["contrast"][position]))
                 image = tf.adjust_saturation(image, float(params["saturation"][position]))
@@ -127,7 +131,7 @@ def main() -> int:
     parser.add_argument("--cores", type=int, default=2, help="DALI threads = DataLoader workers")
     parser.add_argument("--gpu", action="store_true", help="GPU ONLY: DALI mixed decode on device 0")
     args = parser.parse_args()
-    settings = AugmentSettings()
+    augment = AugmentConfig()
     scratch = Path(tempfile.mkdtemp(prefix="xfd-bench-pipeline-"))
     try:
         folder = build_shards(scratch, args.ids)
@@ -138,14 +142,14 @@ def main() -> int:
               f"P·K = {sampler.batch_size} tracklets × L = {args.frames} frames = {per_batch} frames")
 
         if args.gpu:  # GPU ONLY
-            return gpu(index, sampler, settings, args, per_batch)
+            return gpu(index, sampler, augment, args, per_batch)
 
-        dali_pipe = FramePipeline(sampler.batch_size, args.frames, settings, train=True, device_id=None,
+        dali_pipe = FramePipeline(sampler.batch_size, args.frames, IMAGE_SIZE, augment, device_id=None,
                                   num_threads=args.cores, seed=0)
         dali = timed(endless(TrainLoader(index, sampler, dali_pipe, num_frames=args.frames)), args.seconds,
                      per_batch)
         baseline_loader = torch.utils.data.DataLoader(
-            TorchvisionBatches(folder, sampler, args.frames, settings), batch_size=None,
+            TorchvisionBatches(folder, sampler, args.frames, augment), batch_size=None,
             num_workers=args.cores, worker_init_fn=_one_thread, prefetch_factor=2, persistent_workers=False)
         baseline = timed(iter(baseline_loader), args.seconds, per_batch)
         print(f"\n{'pipeline (CPU, ' + str(args.cores) + ' cores)':<48} {'frames/s':>9}")
@@ -157,14 +161,14 @@ def main() -> int:
     return 0
 
 
-def gpu(index: ShardIndex, sampler: PKSampler, settings: AugmentSettings, args, per_batch: int) -> int:
+def gpu(index: ShardIndex, sampler: PKSampler, augment: AugmentConfig, args, per_batch: int) -> int:
     """GPU ONLY: DALI mixed decode on device 0, through the TrainLoader to CUDA tensors (goal ≥ 10k frames/s)."""
     if not torch.cuda.is_available():
         print("--gpu needs a CUDA device; none here")
         return 1
-    pipe = FramePipeline(sampler.batch_size, args.frames, settings, train=True, device_id=0,
+    pipe = FramePipeline(sampler.batch_size, args.frames, IMAGE_SIZE, augment, device_id=0,
                          num_threads=args.cores, seed=0)
-    loader = TrainLoader(index, sampler, pipe, num_frames=args.frames, device="cuda", prefetch=3)
+    loader = TrainLoader(index, sampler, pipe, num_frames=args.frames, device=pipe.device, prefetch=3)
     batches = endless(loader)
 
     def synchronised():

@@ -33,7 +33,6 @@ from xfd.data.index import ShardIndex
 from xfd.data.loader import TrainLoader
 from xfd.data.pipeline import FramePipeline
 from xfd.data.pk import PKSampler
-from xfd.engine.stage2 import augment_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,8 +42,8 @@ def loader_seconds_per_batch(shards: Path, ranks: int, batches: int) -> float:
     cfg = load_config("tiny.yaml")
     index = ShardIndex.open(shards / "train")
     sampler = PKSampler(index.labels_to_keys(), cfg.train.identities, cfg.train.instances, ranks, cfg.train.seed)
-    pipe = FramePipeline(cfg.train.micro_batch, cfg.data.num_frames, augment_settings(cfg),
-                         train=True, num_threads=cfg.data.dali_threads)
+    pipe = FramePipeline(cfg.train.micro_batch, cfg.data.num_frames, tuple(cfg.model.backbone.image_size),
+                         cfg.data.augment, num_threads=cfg.data.dali_threads)
     loader = TrainLoader(index, sampler, pipe, rank=0, num_frames=cfg.data.num_frames, prefetch=1)
     done, started = 0, None
     for epoch in range(1000):

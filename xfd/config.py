@@ -207,7 +207,10 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    """Clip-consistent training augmentation (REFERENCE §4): one draw per tracklet, applied to all its frames."""
+    """Clip-consistent training augmentation (docs/model.md): one draw per tracklet, applied to all its frames.
+
+    The DALI pipeline takes this type itself (`FramePipeline(augment=...)`; None = evaluation, no augmentation);
+    the frame size is the model's `backbone.image_size`."""
 
     flip_p: float = 0.5
     pad: int = 10

@@ -1,4 +1,5 @@
-"""TrainLoader: PK batches through the CPU DALI pipeline — shapes, labels, determinism, resume, bad frames, threads."""
+"""TrainLoader: PK batches through the CPU DALI pipeline — shapes, labels, determinism, resume, bad frames, threads,
+and the device each rank's loader thread uses."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ import torch
 from xfd.cli.shard import main as shard_main
 from xfd.data.errors import DataError
 from xfd.data.index import ShardIndex
-from xfd.data.loader import TrainLoader
-from xfd.data.pipeline import AugmentSettings, FramePipeline
+from xfd.data.loader import TrainLoader, rank_device
+from xfd.config import AugmentConfig
+from xfd.data.pipeline import FramePipeline
 from xfd.data.pk import PKSampler
 
 from dataset_builders import write_detreidx
 
 P, K, L = 2, 2, 4
-SETTINGS = AugmentSettings(height=32, width=16, pad=2)
+SIZE = (32, 16)
+AUGMENT = AugmentConfig(pad=2)
 TRACKLETS_PER_ID = [1, 2, 3, 4, 2, 1, 3]  # 7 identities, P = 2 → 4 steps, the last filled
 
 
@@ -42,7 +45,7 @@ def train_set(tmp_path_factory):
 def _loader(folder, seed=0, on_error="raise", prefetch=2) -> TrainLoader:
     index = ShardIndex.open(folder)
     sampler = PKSampler(index.labels_to_keys(), P, K, world_size=1, seed=seed)
-    pipeline = FramePipeline(P * K, L, SETTINGS, train=True, device_id=None, num_threads=1, seed=seed)
+    pipeline = FramePipeline(P * K, L, SIZE, AUGMENT, device_id=None, num_threads=1, seed=seed)
     return TrainLoader(index, sampler, pipeline, rank=0, num_frames=L, seed=seed, on_error=on_error,
                        prefetch=prefetch)
 
@@ -169,7 +172,7 @@ def test_identity_without_a_good_tracklet_is_an_error_even_under_skip(damaged_co
 def test_mismatched_pipeline_is_refused(train_set):
     index = ShardIndex.open(train_set)
     sampler = PKSampler(index.labels_to_keys(), P, K)
-    pipeline = FramePipeline(P * K + 1, L, SETTINGS, train=True, num_threads=1)
+    pipeline = FramePipeline(P * K + 1, L, SIZE, AUGMENT, num_threads=1)
     with pytest.raises(ValueError, match="P·K"):
         TrainLoader(index, sampler, pipeline, num_frames=L)
 
@@ -178,7 +181,70 @@ def test_mismatched_pipeline_is_refused(train_set):
 def test_gpu_batches_land_on_the_device(train_set):
     index = ShardIndex.open(train_set)
     sampler = PKSampler(index.labels_to_keys(), P, K, seed=1)
-    pipeline = FramePipeline(P * K, L, SETTINGS, train=True, device_id=0, num_threads=2, seed=1)
-    loader = TrainLoader(index, sampler, pipeline, num_frames=L, seed=1, device="cuda")
-    batch = next(iter(loader.batches(epoch=0)))
-    assert batch.frames.is_cuda and batch.labels.is_cuda and batch.frames.shape == (P * K, L, 3, 32, 16)
+    pipeline = FramePipeline(P * K, L, SIZE, AUGMENT, device_id=0, num_threads=2, seed=1)
+    loader = TrainLoader(index, sampler, pipeline, num_frames=L, seed=1, device=rank_device(0, cuda=True))
+    batches = list(loader.batches(epoch=0))
+    assert loader.producer_device == torch.device("cuda", 0)
+    for batch in batches:
+        assert batch.frames.device == batch.labels.device == torch.device("cuda", 0)
+        assert batch.frames.shape == (P * K, L, 3, 32, 16)
+    cpu = list(_loader(train_set, seed=1).batches(epoch=0))  # the same batches decoded on the CPU
+    for gpu_batch, cpu_batch in zip(batches, cpu, strict=True):
+        assert gpu_batch.keys == cpu_batch.keys and torch.equal(gpu_batch.labels.cpu(), cpu_batch.labels)
+        # nvJPEG and libjpeg-turbo round differently; the augmentation and the frames chosen are the same
+        assert (gpu_batch.frames.cpu() - cpu_batch.frames).abs().mean() < 0.05
+
+
+# ---------------------------------------------------------------------- which device each rank's loader uses
+
+
+def test_rank_device_is_the_node_local_gpu():
+    assert [rank_device(local, cuda=True) for local in (0, 1, 7)] == [torch.device("cuda", i) for i in (0, 1, 7)]
+    assert rank_device(3, cuda=False) == torch.device("cpu")
+    with pytest.raises(ValueError, match="local rank"):
+        rank_device(-1, cuda=True)
+
+
+def test_cpu_loader_thread_records_its_device(train_set, full_pass):
+    loader, _ = full_pass
+    assert loader.device == loader.producer_device == torch.device("cpu")
+
+
+class _DeviceProbe(Exception):
+    """Raised by the probe in place of torch.cuda.set_device: stops the thread before any real CUDA call."""
+
+
+@pytest.mark.parametrize("local_rank", [0, 1])
+def test_each_local_rank_loader_thread_makes_its_gpu_current(train_set, monkeypatch, local_rank):
+    """torch's current CUDA device is per thread and a new thread starts on GPU 0: the producer thread of local
+    rank r must call torch.cuda.set_device(cuda:r) itself, first thing. No GPU here, so set_device is a probe that
+    records the calling thread and stops it; the loader re-raises the probe in the consumer."""
+    calls = []
+
+    def probe(device):
+        calls.append((threading.current_thread().name, torch.device(device)))
+        raise _DeviceProbe
+
+    monkeypatch.setattr(torch.cuda, "set_device", probe)
+    index = ShardIndex.open(train_set)
+    sampler = PKSampler(index.labels_to_keys(), P, K, world_size=2, seed=0)
+    pipeline = FramePipeline(P * K, L, SIZE, AUGMENT, device_id=None, num_threads=1)  # CPU decode, GPU batches
+    loader = TrainLoader(index, sampler, pipeline, rank=local_rank, num_frames=L,
+                         device=rank_device(local_rank, cuda=True))
+    with pytest.raises(_DeviceProbe):
+        next(iter(loader.batches(epoch=0)))
+    assert calls == [(f"xfd-train-loader-rank{local_rank}", torch.device("cuda", local_rank))]
+    assert threading.current_thread().name not in {name for name, _ in calls}  # not the consumer's thread
+    assert not _loader_threads()
+
+
+def test_loader_and_gpu_pipeline_must_agree_on_the_device(train_set):
+    index = ShardIndex.open(train_set)
+    sampler = PKSampler(index.labels_to_keys(), P, K)
+
+    class GpuPipeline:  # the attributes TrainLoader reads of a pipeline that decodes on GPU 1 (none here)
+        tracklets, frames, device = P * K, L, torch.device("cuda", 1)
+
+    with pytest.raises(ValueError, match="decodes on cuda:1 but the loader was asked for cuda:0"):
+        TrainLoader(index, sampler, GpuPipeline(), num_frames=L, device="cuda:0")
+    assert TrainLoader(index, sampler, GpuPipeline(), num_frames=L, device="cuda").device == torch.device("cuda", 1)

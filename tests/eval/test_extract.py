@@ -17,7 +17,7 @@ from torch import nn
 
 from xfd.config import load_config
 from xfd.data.errors import DataError
-from xfd.data.pipeline import AugmentSettings, FramePipeline
+from xfd.data.pipeline import FramePipeline
 from xfd.data.shard import ShardOptions, shard_dataset
 from xfd.data.stream import StreamOptions, tracklet_stream
 from xfd.eval.extract import FeatureSet, extract_split, gather_feature_sets
@@ -112,8 +112,7 @@ def test_dense_clips_average_every_clip_of_a_tracklet(model, val_split):
     """Clips of L = 2 over tracklets of 2-6 frames: 1-3 clips each, split across batches of 3 clips. Reference: each
     clip alone through the eval pipeline and the model, the mean L2-normalised."""
     dense = _extract(model, val_split, num_frames=2, batch_size=3, clips=True)
-    pipe = FramePipeline(tracklets=1, frames=2, settings=AugmentSettings(height=IMAGE_SIZE[0], width=IMAGE_SIZE[1]),
-                         train=False, num_threads=1)
+    pipe = FramePipeline(tracklets=1, frames=2, image_size=IMAGE_SIZE, augment=None, num_threads=1)
     expected, clip_counts = {}, {}
     model.eval()
     with torch.no_grad():

@@ -3,7 +3,8 @@
 For each micro-step the `PKSampler` names this rank's P·K tracklets; L frames of each are chosen by
 restricted random sampling with `np.random.default_rng([seed, epoch, step, rank, position])`, read from the
 shards, checked (`check_jpeg_structure`, so a broken frame is an error naming it rather than a DALI crash),
-decoded and augmented by `FramePipeline.run(frames, epoch, step)`. Every draw is a pure function of
+decoded and augmented by `FramePipeline.run(frames, epoch, step)` and joined with their metadata by the one
+`collate` (xfd/data/encoding.py) that extraction uses too. Every draw is a pure function of
 (seed, epoch, step, rank), so `batches(epoch, start_step=s)` after a restart yields exactly the batches a full
 pass would have yielded from step s on.
 
@@ -11,6 +12,12 @@ A background thread keeps up to `prefetch` batches ready; the time the consumer 
 `wait_seconds` (and `waits` counts the batches handed out), so the trainer can report the share of time spent
 waiting for data. An exception in the thread is re-raised in the consumer; stopping the iteration early (break,
 close, garbage collection) stops and joins the thread.
+
+On a GPU the thread works on this rank's device: torch keeps the current CUDA device per thread and a new thread
+starts on GPU 0, so the producer first makes the loader's device (`cuda:{local_rank}`) its own
+(`use_device_in_this_thread`; `producer_device` records what it set). It builds each batch on a side stream of
+that device and waits for that stream before handing the batch over, and the consumer registers its own stream
+with the batch's tensors, so the caching allocator never reuses their memory while the training step reads it.
 
 Bad frames under `on_error="skip"`: the tracklet is replaced by another of the same identity (chosen by a seeded
 draw among the identity's tracklets not yet found bad for that batch slot) and the skip is recorded in `.skips`; an
@@ -23,11 +30,13 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .encoding import Batch, collate
 from .errors import DataError, SkipLog
 from .index import ShardIndex
 from .jpeg import check_jpeg_structure
@@ -35,22 +44,25 @@ from .pipeline import FramePipeline
 from .pk import PKSampler
 from .sampling import restricted_random_indices
 
-PLATFORMS = {"ground": 0, "aerial": 1}
-BIN_FIELDS = ("altitude", "distance", "angle")
 _POLL_SECONDS = 0.1  # how often a blocked producer looks at the stop flag
 
 
-@dataclass
-class Batch:
-    """One rank's micro-batch of B = P·K tracklets."""
+def rank_device(local_rank: int, cuda: bool) -> torch.device:
+    """The device a rank computes and loads on: its node-local GPU `cuda:{local_rank}`, or the CPU."""
+    if local_rank < 0:
+        raise ValueError(f"local rank must be >= 0, got {local_rank}")
+    return torch.device("cuda", local_rank) if cuda else torch.device("cpu")
 
-    frames: torch.Tensor  # (B, L, 3, H, W) float32, CLIP-normalised
-    labels: torch.Tensor  # (B,) long, train labels 0..C-1
-    platform: torch.Tensor  # (B,) long, 0 ground / 1 aerial
-    meta: torch.Tensor  # (B, 3) long, (altitude, distance, angle) bins
-    keys: list[str]
-    pids: list
-    camids: torch.Tensor  # (B,) long
+
+def use_device_in_this_thread(device: torch.device) -> torch.device:
+    """Make `device` the calling thread's current device and return the device the thread now reports.
+
+    torch keeps the current CUDA device per thread, and a new thread starts on GPU 0: without this a loader
+    thread would create a CUDA context, pinned buffers and streams on GPU 0 whatever its rank."""
+    if device.type != "cuda":
+        return torch.device("cpu")
+    torch.cuda.set_device(device)
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 @dataclass(frozen=True)
@@ -76,9 +88,17 @@ class TrainLoader:
             raise ValueError(f"rank {rank} outside world of size {sampler.world_size}")
         if prefetch < 1:
             raise ValueError("prefetch must be >= 1")
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda": the pipeline's GPU, else the current one
+            on_gpu = pipeline.device.type == "cuda"
+            device = pipeline.device if on_gpu else torch.device("cuda", torch.cuda.current_device())
+        if pipeline.device.type == "cuda" and device != pipeline.device:
+            raise ValueError(f"the pipeline decodes on {pipeline.device} but the loader was asked for {device}; "
+                             "a rank's loader and pipeline use the same device (rank_device(local_rank, cuda))")
         self.index, self.sampler, self.pipeline = index, sampler, pipeline
         self.rank, self.num_frames, self.seed, self.prefetch = rank, num_frames, seed, prefetch
-        self.device = torch.device(device)
+        self.device = device
+        self.producer_device: torch.device | None = None  # what the producer thread made its current device
         self.skips = SkipLog(on_error)
         self.wait_seconds = 0.0  # consumer time blocked on the producer, over all batches handed out
         self.waits = 0  # batches handed out
@@ -123,39 +143,10 @@ class TrainLoader:
             key, clip = self._tracklet(key, label, epoch, step, position)
             used.append(key)
             frames.append(clip)
-        images, _ = self.pipeline.run(frames, epoch, step)  # (B, L, 3, H, W)
-        metas = [self.index.meta(key) for key in used]
-        batch = Batch(
-            frames=images,
-            labels=torch.tensor([m["label"] for m in metas], dtype=torch.long),
-            platform=torch.tensor([self._platform(key, m) for key, m in zip(used, metas)], dtype=torch.long),
-            meta=torch.tensor([[m["bins"][f] for f in BIN_FIELDS] for m in metas], dtype=torch.long),  # (B, 3)
-            keys=used,
-            pids=[m["pid"] for m in metas],
-            camids=torch.tensor([m["camid"] for m in metas], dtype=torch.long),
-        )
-        return self._to_device(batch)
-
-    def _platform(self, key: str, meta: dict) -> int:
-        if meta.get("platform") not in PLATFORMS:
-            raise DataError(f"{self.index.shard_of(key)} [{key}]", f"unknown platform {meta.get('platform')!r}")
-        return PLATFORMS[meta["platform"]]
-
-    def _to_device(self, batch: Batch) -> Batch:
-        """Copy tensors to the device; from pinned memory and asynchronously when it is a GPU."""
-        if self.device.type == "cpu":
-            return batch
-        cuda = self.device.type == "cuda"
-
-        def move(tensor: torch.Tensor) -> torch.Tensor:
-            if tensor.device == self.device:
-                return tensor
-            if cuda and tensor.device.type == "cpu":
-                tensor = tensor.pin_memory()
-            return tensor.to(self.device, non_blocking=cuda)
-
-        return Batch(move(batch.frames), move(batch.labels), move(batch.platform), move(batch.meta),
-                     batch.keys, batch.pids, move(batch.camids))
+        images, _ = self.pipeline.run(frames, epoch, step)  # (B, L, 3, H, W) on the pipeline's device
+        batch = collate(images, used, [self.index.meta(key) for key in used],
+                        [self.index.shard_of(key) for key in used], with_labels=True)
+        return batch.to(self.device)
 
     # ------------------------------------------------------------------ iteration (consumer side)
 
@@ -170,8 +161,17 @@ class TrainLoader:
             return False
 
         try:
+            self.producer_device = use_device_in_this_thread(self.device)
+            cuda = self.device.type == "cuda"
+            side = torch.cuda.Stream(self.device) if cuda else None
             for step in range(start_step, self.steps_per_epoch()):
-                if stop.is_set() or not put(self._build(epoch, step)):
+                if stop.is_set():
+                    return
+                with torch.cuda.stream(side) if cuda else nullcontext():
+                    batch = self._build(epoch, step)
+                if cuda:
+                    side.synchronize()  # the batch is complete before another thread reads it
+                if not put(batch):
                     return
             put(_DONE)
         except BaseException as error:  # carried to the consumer and re-raised there
@@ -201,6 +201,8 @@ class TrainLoader:
                 if isinstance(item, _Failure):
                     raise item.error
                 self.waits += 1
+                if self.device.type == "cuda":
+                    item.record_stream(torch.cuda.current_stream(self.device))
                 yield item
         finally:
             stop.set()

@@ -13,7 +13,7 @@ import torch
 from xfd.config import ExperimentConfig, dump_config
 from xfd.data.index import ShardIndex
 from xfd.data.loader import TrainLoader
-from xfd.data.pipeline import AugmentSettings, FramePipeline
+from xfd.data.pipeline import FramePipeline
 from xfd.data.pk import PKSampler
 from xfd.engine.checkpoint import full_state_dict, load_checkpoint, save_model_file
 from xfd.engine.common import Run, make_engine, monitor_of, release, take_micro_step
@@ -25,14 +25,6 @@ from xfd.eval.extract import extract_split, gather_feature_sets
 from xfd.eval.heldout import validate
 from xfd.eval.rerank import RerankParams
 from xfd.model import param_groups
-
-
-def augment_settings(cfg: ExperimentConfig) -> AugmentSettings:
-    """The DALI pipeline's training augmentation from the config (frame size = the model's input size)."""
-    height, width = cfg.model.backbone.image_size
-    a = cfg.data.augment
-    return AugmentSettings(height=height, width=width, flip_p=a.flip_p, pad=a.pad, erase_p=a.erase_p,
-                           brightness=a.brightness, contrast=a.contrast, saturation=a.saturation, hue=a.hue)
 
 
 def model_metadata(run: Run, **extra) -> dict:
@@ -96,8 +88,9 @@ def train_image_side(run: Run, model, index: ShardIndex, text_state: dict) -> No
         pos = run.position = Position.from_state(load_checkpoint(engine, ctx.run_dir, run.resume_tag,
                                                                  ctx.rank)["xfd_position"])
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
-    pipeline = FramePipeline(tracklets=train.micro_batch, frames=cfg.data.num_frames, settings=augment_settings(cfg),
-                             train=True, device_id=ctx.local_rank if ctx.cuda else None,
+    pipeline = FramePipeline(tracklets=train.micro_batch, frames=cfg.data.num_frames,
+                             image_size=tuple(cfg.model.backbone.image_size), augment=cfg.data.augment,
+                             device_id=ctx.device.index if ctx.cuda else None,
                              num_threads=cfg.data.dali_threads, seed=train.seed * 1_000_003 + ctx.rank)
     loader = TrainLoader(index, sampler, pipeline, rank=ctx.rank, num_frames=cfg.data.num_frames, seed=train.seed,
                          on_error=cfg.data.on_error, prefetch=cfg.data.prefetch, device=ctx.device)

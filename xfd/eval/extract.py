@@ -20,13 +20,12 @@ import torch.distributed as dist
 import torch.utils.data
 from tqdm import tqdm
 
+from xfd.data.encoding import TrackletCodes, collate, encode_tracklet
+from xfd.data.errors import DataError
 from xfd.data.jpeg import check_jpeg_structure
-from xfd.data.pipeline import AugmentSettings, FramePipeline
+from xfd.data.pipeline import FramePipeline
 from xfd.data.shard import MANIFEST_NAME
 from xfd.data.stream import StreamOptions, tracklet_stream
-
-PLATFORM_CODES = {"ground": 0, "aerial": 1}
-BIN_NAMES = ("altitude", "distance", "angle")  # column order of the model's (B, 3) meta tensor
 
 
 @dataclass(frozen=True)
@@ -98,15 +97,13 @@ def _batches(tracklets: Iterable[dict], size: int) -> Iterator[list[dict]]:
         yield batch
 
 
-def _labels(tracklet: dict) -> tuple[int, int, int, list[int]]:
-    """(pid, camid, platform code, meta bins) of one tracklet; errors name the tracklet."""
-    meta, where = tracklet["meta"], f"{tracklet.get('url', '?')} [{tracklet['key']}]"
-    try:
-        platform = PLATFORM_CODES[meta["platform"]]
-        bins = [int(meta["bins"][name]) for name in BIN_NAMES]
-        return int(meta["pid"]), int(meta["camid"]), platform, bins
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{where}: metadata lacks a usable pid / camid / platform / bins ({error!r})") from None
+def _codes(tracklet: dict) -> TrackletCodes:
+    """The metadata codes of one tracklet (xfd/data/encoding.py); features need its pid."""
+    where = f"{tracklet.get('url', '?')} [{tracklet['key']}]"
+    codes = encode_tracklet(tracklet["meta"], where)
+    if codes.pid is None:
+        raise DataError(where, "no pid (an unlabelled split): features are stored with their identity")
+    return codes
 
 
 def _pipeline_device(device: torch.device) -> int | None:
@@ -180,8 +177,8 @@ def extract_split(model, folder: str | Path, *, num_frames: int, batch_size: int
         raise ValueError(f"{folder}: the split holds no tracklets; nothing to extract")
     device = torch.device(device)
     height, width = image_size
-    pipe = FramePipeline(tracklets=batch_size, frames=num_frames, settings=AugmentSettings(height=height, width=width),
-                         train=False, device_id=_pipeline_device(device), num_threads=num_threads)
+    pipe = FramePipeline(tracklets=batch_size, frames=num_frames, image_size=(height, width), augment=None,
+                         device_id=_pipeline_device(device), num_threads=num_threads)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=loader_workers)
 
     means = _TrackletMeans()
@@ -198,10 +195,10 @@ def extract_split(model, folder: str | Path, *, num_frames: int, batch_size: int
                     for i, data in zip(indices, frames):
                         check_jpeg_structure(data, f"{t['url']} [{t['key']}] frame {i}")
                 frames, _ = pipe.run([clip[2] for clip in padded])  # (B, L, 3, H, W)
-                batch_labels = [_labels(clip[1]) for clip in padded]
-                platform = torch.tensor([lab[2] for lab in batch_labels], dtype=torch.long, device=device)  # (B,)
-                meta = torch.tensor([lab[3] for lab in batch_labels], dtype=torch.long, device=device)  # (B, 3)
-                out = model.extract(frames.to(device, dtype), platform, meta, flip_tta=flip_tta)  # (B, D)
+                clip_batch = collate(frames, [t["key"] for _, t, _, _ in padded], [t["meta"] for _, t, _, _ in padded],
+                                     [t["url"] for _, t, _, _ in padded], with_labels=False).to(device)
+                out = model.extract(clip_batch.frames.to(dtype), clip_batch.platform, clip_batch.meta,
+                                    flip_tta=flip_tta)  # (B, D)
                 finished = len(means.done)
                 for (ordinal, t, _, _), feature in zip(batch, out[:n].float().cpu().numpy()):
                     means.add(ordinal, t, feature)
@@ -212,7 +209,7 @@ def extract_split(model, folder: str | Path, *, num_frames: int, batch_size: int
         model.train(was_training)
 
     keys = [t["key"] for t, _ in means.done]
-    labels = [_labels(t) for t, _ in means.done]
+    labels = [_codes(t) for t, _ in means.done]
     if len(keys) != expected:
         raise ValueError(f"{folder}: rank {rank} of {world_size} read {len(keys)} tracklets, its shards' manifest "
                          f"entries list {expected}")
@@ -221,9 +218,9 @@ def extract_split(model, folder: str | Path, *, num_frames: int, batch_size: int
         keys,
         np.stack([f for _, f in means.done]).astype(np.float32, copy=False) if means.done
         else np.zeros((0, dim), np.float32),
-        np.array([lab[0] for lab in labels], dtype=np.int64),
-        np.array([lab[1] for lab in labels], dtype=np.int64),
-        np.array([lab[2] for lab in labels], dtype=np.int8),
+        np.array([c.pid for c in labels], dtype=np.int64),
+        np.array([c.camid for c in labels], dtype=np.int64),
+        np.array([c.platform for c in labels], dtype=np.int8),
     )
     bad = np.flatnonzero(~np.isfinite(part.features).all(axis=1))
     if bad.size:

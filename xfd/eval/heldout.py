@@ -16,12 +16,12 @@ import warnings
 
 import numpy as np
 
+from xfd.data.encoding import AERIAL, GROUND
 from xfd.eval.evaluate import EvalOptions, evaluate_protocol, mean_of_protocols
-from xfd.eval.extract import PLATFORM_CODES, FeatureSet
+from xfd.eval.extract import FeatureSet
 from xfd.eval.metrics import GalleryLabels, RankMetrics
 from xfd.eval.protocol import ProtocolData
 
-GROUND, AERIAL = PLATFORM_CODES["ground"], PLATFORM_CODES["aerial"]
 PROTOCOL_PLATFORMS = {"A2G": (AERIAL, GROUND), "G2A": (GROUND, AERIAL), "A2A": (AERIAL, AERIAL)}
 
 
