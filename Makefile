@@ -3,8 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Caches outside the repository survive clean clones (DeepSpeed compiles a small op on first CPU run).
-export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/xfd/torch_extensions
+# DeepSpeed compiles a small C++ op on the first CPU launch: xfd keeps it in a cache of this installation's own
+# outside the repository (~/.cache/xfd/torch_extensions/<torch, DeepSpeed, Python, venv>; xfd/engine/ops.py),
+# unless TORCH_EXTENSIONS_DIR is set.
 # DeepSpeed's accelerator: cuda where a GPU driver is present, else cpu (gloo).
 export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 

@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         synth_cli.main([str(work / "raw"), "--ids", str(args.ids), "--test-ids", "2", "--no-progress"])
         shard_cli.main([str(work / "raw"), str(work / "shards"), "--shard-size", "4"])
         run = work / "run"
-        env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
-               "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                      str(Path.home() / ".cache/xfd/torch_extensions"))}
+        env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
         command = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(args.ranks), "--master_port",
                    str(free_port()), str(REPO / "launcher/train.py"), "--deepspeed", str(REPO / "ds_configs/zero2.json"),
                    "--config", "tiny.yaml", "--data", str(work / "shards"), "--output", str(run),

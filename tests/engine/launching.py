@@ -40,7 +40,6 @@ SHORT_OVERRIDES = ["train.stage1.epochs=1", "train.stage2.epochs=1", "train.vali
 def launch_env() -> dict:
     env = dict(os.environ)
     env["DS_ACCELERATOR"] = "cpu"
-    env["TORCH_EXTENSIONS_DIR"] = str(Path.home() / ".cache" / "xfd" / "torch_extensions")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

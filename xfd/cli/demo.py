@@ -77,7 +77,6 @@ def train(args, shards: Path, run: Path) -> float:
         cuda = False
     if not cuda:
         env.setdefault("DS_ACCELERATOR", "cpu")
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "xfd" / "torch_extensions"))
     started = time.perf_counter()
     status = subprocess.run(command, env=env).returncode
     if status:

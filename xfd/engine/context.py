@@ -21,6 +21,8 @@ import torch
 
 from xfd.atomic import write_bytes_atomic, write_json_atomic
 from xfd.config import ExperimentConfig, dump_config
+from xfd.data.loader import rank_device
+from xfd.engine.ops import announce_op_build, use_installation_cache
 
 
 MKL_REPRODUCIBLE = "AUTO,STRICT"  # MKL_CBWR: strict conditional numerical reproducibility
@@ -48,16 +50,43 @@ class RunContext:
             torch.distributed.barrier()
 
 
+# Environment variables an MPI launcher (mpirun) sets; DeepSpeed then finds ranks and world through mpi4py.
+_MPI_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_as_ranks() -> bool:
+    """True under `deepspeed` (or torchrun): the launcher set this process's rank and world size."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def start_single_process_group(backend: str) -> None:
+    """A world of one for a plain `python launcher/train.py`: the variables a launcher would set (RANK, WORLD_SIZE,
+    LOCAL_RANK) and a process group over an in-memory store, so that DeepSpeed neither looks for MPI (it would
+    end in an mpi4py import error) nor needs a port."""
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(name, value)
+    torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
+
+
 def start_distributed(run_dir: str | Path) -> RunContext:
-    """Initialise torch.distributed through DeepSpeed (NCCL on GPUs, gloo on CPU) and describe this process."""
+    """Initialise torch.distributed through DeepSpeed (NCCL on GPUs, gloo on CPU) and describe this process.
+
+    Without a launcher (no RANK / WORLD_SIZE, no MPI) the process is a world of one. DeepSpeed's C++ ops build in
+    this installation's cache (xfd/engine/ops.py), and a first build is announced before it starts."""
     import deepspeed
 
+    use_installation_cache()
     cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
     use_reproducible_cpu_numerics(cpu=not cuda)  # for the process's life
+    backend = "nccl" if cuda else "gloo"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    if not launched_as_ranks() and not any(name in os.environ for name in _MPI_VARIABLES):
+        print("xfd: no launcher environment (RANK / WORLD_SIZE): running as a single process", flush=True)
+        start_single_process_group(backend)
+    announce_op_build("ShareMemCommBuilder", "the shared-memory all-reduce of CPU ranks")
+    deepspeed.init_distributed(dist_backend=backend)
     world = torch.distributed.get_world_size()
     local_world = ranks_on_this_node(world)
     if not cuda:
@@ -65,8 +94,7 @@ def start_distributed(run_dir: str | Path) -> RunContext:
         if "OMP_NUM_THREADS" not in os.environ:  # ranks of one CPU node share its cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     return RunContext(rank=torch.distributed.get_rank(), world_size=world, local_rank=local_rank,
-                      local_world_size=local_world, device=torch.device("cuda", local_rank) if cuda else
-                      torch.device("cpu"), run_dir=Path(run_dir))
+                      local_world_size=local_world, device=rank_device(local_rank, cuda), run_dir=Path(run_dir))
 
 
 def use_reproducible_cpu_numerics(cpu: bool) -> Callable[[], None]:

@@ -11,19 +11,13 @@ count or the rank that computed it: one process then gives bit-identical feature
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from xfd.engine.context import RunContext, start_distributed, use_reproducible_cpu_numerics
-
-
-def launched_as_ranks() -> bool:
-    """True under `deepspeed` (or torchrun): the launcher set this process's rank and world size."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+from xfd.engine.context import RunContext, launched_as_ranks, start_distributed, use_reproducible_cpu_numerics
 
 
 def default_device() -> torch.device:
