@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from launching import REPO, launch_env
 from xfd.engine import ops
 
