@@ -13,6 +13,7 @@ from xfd.config import ExperimentConfig, StageConfig
 from xfd.engine.checkpoint import install_safe_loading, save_checkpoint, tag_for
 from xfd.engine.context import RunContext
 from xfd.engine.deepspeed_config import build_deepspeed_config, offloads_optimizer, read_engine_json, zero_stage
+from xfd.engine.ops import announce_op_build
 from xfd.engine.schedule import warmup_cosine
 from xfd.engine.steps import (NonFiniteLoss, Position, average_batch_norm_statistics, nonfinite, nonfinite_message,
                               reduced_scalars)
@@ -67,6 +68,7 @@ def make_engine(run: Run, module: torch.nn.Module, param_groups: list[dict], sta
     if offloads_optimizer(config) and ctx.cuda:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
+        announce_op_build("CPUAdamBuilder", "the CPU Adam of optimizer offload")
         optimizer = DeepSpeedCPUAdam(param_groups, lr=stage.lr, weight_decay=stage.weight_decay, adamw_mode=False)
     else:
         optimizer = torch.optim.Adam(param_groups, lr=stage.lr, weight_decay=stage.weight_decay)
