@@ -119,32 +119,60 @@ def bench_cpu(args) -> None:
           f"(1024^3) on this machine: ratio {achieved / mm:.3f}")
 
 
-def bench_gpu(args) -> None:
-    if not torch.cuda.is_available():
-        raise SystemExit("--gpu: no CUDA device on this machine")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    peak = matmul_rate("cuda", torch.bfloat16, 8192, seconds=2.0)
-    print(f"GPU bench on {torch.cuda.get_device_name()}: measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s")
-    for checkpointing in (False, True):
-        cfg = load_config("xfd_vitl14.yaml", ["model.backbone.pretrained=null", "model.num_classes=300",
-                                              f"model.backbone.grad_checkpointing={str(checkpointing).lower()}"])
+def gpu_step(checkpointing: bool, batch: int, frames: int, steps: int, peak: float) -> dict:
+    """One ViT-L/14 configuration (random weights, stage-2 layout, bf16 autocast, fused Adam): step time,
+    tracklets/s, model FLOPs per tracklet, MFU against `peak` FLOP/s, peak memory. Out of memory is a result."""
+    cfg = load_config("xfd_vitl14.yaml", ["model.backbone.pretrained=null", "model.num_classes=300",
+                                          f"model.backbone.grad_checkpointing={str(checkpointing).lower()}"])
+    result = {"checkpointing": checkpointing, "batch": batch, "frames": frames,
+              "image_size": list(cfg.model.backbone.image_size), "precision": "bf16 autocast"}
+    model = optimiser = None
+    try:
         torch.manual_seed(0)
         model = build_model(cfg).cuda()
         model.text.cache_features()
         model.train()
         optimiser = torch.optim.Adam(param_groups(model, base_lr=1e-4, weight_decay=2.5e-4), fused=True)
-        batch = make_batch(model, args.gpu_batch, args.gpu_frames, "cuda")
+        inputs = make_batch(model, batch, frames, "cuda")
         torch.cuda.reset_peak_memory_stats()
-        step_s = time_steps(model, optimiser, batch, args.gpu_steps, 3, torch.bfloat16, "cuda")
-        peak_mem = torch.cuda.max_memory_allocated() / 2 ** 30
+        step_s = time_steps(model, optimiser, inputs, steps, 3, torch.bfloat16, "cuda")
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            flops = train_step_flops(model, args.gpu_frames)  # model FLOPs per tracklet (no recomputation)
-        rate = args.gpu_batch / step_s
-        print(f"  ViT-L/14 {args.gpu_batch} x {args.gpu_frames} frames, checkpointing={checkpointing}: "
-              f"{step_s * 1e3:.0f} ms/step, {rate:.1f} tracklets/s, {flops / 1e12:.2f} TFLOP/tracklet, "
-              f"MFU {flops * rate / peak:.1%} (goal >= 45%), peak memory {peak_mem:.1f} GiB")
+            flops = train_step_flops(model, frames)  # model FLOPs per tracklet (no recomputation)
+        rate = batch / step_s
+        result.update(status="ok", step_ms=step_s * 1e3, tracklets_per_s=rate, tflop_per_tracklet=flops / 1e12,
+                      mfu=flops * rate / peak, peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30)
+    except torch.cuda.OutOfMemoryError as error:
+        result.update(status="out of memory", error=str(error).splitlines()[0],
+                      peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30)
+    finally:
         del model, optimiser
         torch.cuda.empty_cache()
+    return result
+
+
+def measure_gpu(batch: int = 24, frames: int = 16, steps: int = 10) -> dict:
+    """The bf16 matmul peak measured now, then the step with and without activation checkpointing."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device on this machine")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    peak = matmul_rate("cuda", torch.bfloat16, 8192, seconds=2.0)
+    return {"device": torch.cuda.get_device_name(), "matmul_peak_tflops": peak / 1e12,
+            "runs": [gpu_step(checkpointing, batch, frames, steps, peak) for checkpointing in (False, True)]}
+
+
+def bench_gpu(args) -> None:
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu: no CUDA device on this machine")
+    results = measure_gpu(args.gpu_batch, args.gpu_frames, args.gpu_steps)
+    print(f"GPU bench on {results['device']}: measured bf16 matmul peak {results['matmul_peak_tflops']:.0f} TFLOP/s")
+    for run in results["runs"]:
+        head = f"  ViT-L/14 {run['batch']} x {run['frames']} frames, checkpointing={run['checkpointing']}: "
+        if run["status"] != "ok":
+            print(head + f"{run['status']} ({run['error']})")
+            continue
+        print(head + f"{run['step_ms']:.0f} ms/step, {run['tracklets_per_s']:.1f} tracklets/s, "
+              f"{run['tflop_per_tracklet']:.2f} TFLOP/tracklet, MFU {run['mfu']:.1%} (goal >= 45%), "
+              f"peak memory {run['peak_memory_gib']:.1f} GiB")
 
 
 def main() -> None:
