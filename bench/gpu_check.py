@@ -133,9 +133,14 @@ def prepare_environment(wheels: Path, site: Path, work: Path) -> tuple[dict, dic
 def install_checkout(site: Path) -> str:
     """Build this checkout into `site` with pip (no index: the machine's setuptools); where it cannot, lay the
     package out by hand as setup.py maps it (kernels/ is xfd.kernels). Returns what was done."""
-    result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile",
-                             "--no-build-isolation", "--no-cache-dir", "--target", str(site), str(REPO)],
-                            capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="xfd-build-") as scratch:  # pip builds in the tree: build a copy
+        source = Path(scratch) / "xfd-checkout"
+        shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".gpu_wheels", "build", "dist", "runs", "demo_out", "data_shards", "weights",
+            "*.egg-info", "__pycache__", ".pytest_cache"))
+        result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile",
+                                 "--no-build-isolation", "--no-cache-dir", "--target", str(site), str(source)],
+                                capture_output=True, text=True)
     if result.returncode == 0:
         return f"this checkout, built into {site} with pip"
     shutil.copytree(REPO / "xfd", site / "xfd", dirs_exist_ok=True)
