@@ -1,10 +1,10 @@
-"""Reading shard sets: a WebDataset stream of tracklets, each with L sampled encoded JPEG frames (or, for dense
-evaluation, every frame in clips of L).
+"""Reading shard sets in order: a WebDataset stream of tracklets, each with L evenly spaced encoded JPEG frames (or,
+for dense evaluation, every frame in clips of L).
 
-Evaluation mode is one ordered pass: shards split by global rank, then by DataLoader worker, so that every
-sample is read exactly once across all ranks and workers. Training mode resamples shards (with replacement,
-seeded by seed/rank/worker, so runs repeat), shuffles samples in a buffer and samples frames at random within
-chunks. Frames stay encoded: decoding and augmentation belong to the DALI pipeline downstream.
+One ordered pass: shards split by global rank, then by DataLoader worker, so that every sample is read exactly once
+across all ranks and workers. This is how evaluation, validation and stage 1's feature cache read a split;
+training reads tracklets by random access instead (`ShardIndex` + `PKSampler` + `TrainLoader`). Frames stay
+encoded: decoding belongs to the DALI pipeline downstream.
 """
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch.utils.data
 import webdataset as wds
 
 from .errors import DataError
-from .sampling import clip_indices, evenly_spaced_indices, restricted_random_indices
+from .sampling import clip_indices, evenly_spaced_indices
 from .shard import FORMAT_VERSION, MANIFEST_NAME
 
-MODES = ("train", "eval")
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _FRAME_EXTENSION = re.compile(r"^\d{4,}\.jpg$")
 
@@ -33,18 +30,11 @@ class StreamOptions:
     """How to read one shard set."""
 
     num_frames: int = 16
-    mode: str = "eval"
     rank: int = 0
     world_size: int = 1
-    seed: int = 0
-    shuffle_buffer: int = 256  # samples; training mode only
-    clips: bool = False  # eval mode: every frame, in consecutive clips of num_frames (sample["clips"])
+    clips: bool = False  # every frame, in consecutive clips of num_frames (sample["clips"])
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.clips and self.mode != "eval":
-            raise ValueError("clips (every frame in clips of L) is an evaluation mode")
         if self.num_frames < 1:
             raise ValueError("num_frames must be >= 1")
         if not 0 <= self.rank < self.world_size:
@@ -72,11 +62,6 @@ def _split_by_rank(urls, rank: int, world_size: int):
             yield url
 
 
-def _worker() -> tuple[int, int]:
-    info = torch.utils.data.get_worker_info()
-    return (0, 1) if info is None else (info.id, info.num_workers)
-
-
 def parse_tracklet_sample(sample: dict) -> tuple[str, dict, list[bytes]]:
     """(key, metadata, stored frames in order) from a raw WebDataset sample; errors name shard and key."""
     key, url = sample.get("__key__", ""), sample.get("__url__", "?")
@@ -97,11 +82,9 @@ def parse_tracklet_sample(sample: dict) -> tuple[str, dict, list[bytes]]:
 
 
 def _select_frames(options: StreamOptions):
-    """Pipeline stage: raw samples → tracklets with `num_frames` encoded frames each."""
+    """Pipeline stage: raw samples → tracklets with `num_frames` encoded frames each (or every frame in clips)."""
 
     def stage(samples):
-        worker, num_workers = _worker()
-        rng = np.random.default_rng([options.seed, options.rank, worker, num_workers])
         for sample in samples:
             key, meta, frames = parse_tracklet_sample(sample)
             if options.clips:
@@ -110,10 +93,7 @@ def _select_frames(options: StreamOptions):
                        "clips": [[frames[i] for i in clip] for clip in clips],  # ceil(n / L) x L encoded JPEGs
                        "clip_indices": clips}
                 continue
-            if options.mode == "train":
-                indices = restricted_random_indices(len(frames), options.num_frames, rng)
-            else:
-                indices = evenly_spaced_indices(len(frames), options.num_frames)
+            indices = evenly_spaced_indices(len(frames), options.num_frames)
             yield {
                 "key": key,
                 "meta": meta,
@@ -127,23 +107,10 @@ def _select_frames(options: StreamOptions):
 
 def tracklet_stream(folder: str | Path, options: StreamOptions = StreamOptions()) -> wds.DataPipeline:
     """An IterableDataset of tracklets from the shard set in `folder` (use with a DataLoader, batch_size=None)."""
-    urls = shard_set_urls(folder)
-    if options.mode == "eval":
-        stages = [
-            wds.SimpleShardList(urls),
-            functools.partial(_split_by_rank, rank=options.rank, world_size=options.world_size),
-            wds.split_by_worker,
-            wds.tarfile_to_samples(),
-        ]
-    else:
-        def worker_seed() -> int:
-            worker, num_workers = _worker()
-            return (options.rank * 1_000_003 + worker) * 7919 + num_workers
-
-        stages = [
-            wds.ResampledShards(urls, seed=options.seed, worker_seed=worker_seed, deterministic=True),
-            wds.tarfile_to_samples(),
-            wds.shuffle(options.shuffle_buffer, initial=options.shuffle_buffer,
-                        seed=options.seed * 1_000_003 + options.rank),
-        ]
-    return wds.DataPipeline(*stages, _select_frames(options))
+    return wds.DataPipeline(
+        wds.SimpleShardList(shard_set_urls(folder)),
+        functools.partial(_split_by_rank, rank=options.rank, world_size=options.world_size),
+        wds.split_by_worker,
+        wds.tarfile_to_samples(),
+        _select_frames(options),
+    )

@@ -1,6 +1,6 @@
 """Inference features of one shard set: stream tracklets, decode them with the eval FramePipeline, run the model.
 
-Each rank reads only its own shards (`tracklet_stream` in eval mode splits shards by global rank) and returns a
+Each rank reads only its own shards (`tracklet_stream` splits shards by global rank) and returns a
 `FeatureSet` of its tracklets; `gather_feature_sets` joins the parts of all ranks and orders them by key, so the
 result does not depend on the number of ranks (1 rank ≡ N ranks). Features are the model's L2-normalised
 retrieval features (`model.extract`, optional flip TTA) of L evenly spaced frames, or the re-normalised mean over
@@ -170,7 +170,7 @@ def extract_split(model, folder: str | Path, *, num_frames: int, batch_size: int
     folder = Path(folder)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    stream = tracklet_stream(folder, StreamOptions(num_frames=num_frames, mode="eval", rank=rank,
+    stream = tracklet_stream(folder, StreamOptions(num_frames=num_frames, rank=rank,
                                                    world_size=world_size, clips=clips))
     expected = _rank_sample_count(folder, rank, world_size)
     if expected == 0 and world_size == 1:
