@@ -7,7 +7,7 @@ Both sides run the same PK batches (PKSampler, seed 0) of the same shards with t
 augmentation — resize 256×128, flip, pad 10 + random crop, colour jitter .1/.1/.1/.05, random erasing, CLIP
 normalisation — and the same draws (`FramePipeline.params_for`), on the same cores:
 
-- DALI: `TrainLoader` (one background thread reading the ShardIndex) → `FramePipeline(train=True,
+- DALI: `TrainLoader` (one background thread reading the ShardIndex) → `FramePipeline(augment=AugmentConfig(),
   device_id=None, num_threads=CORES)`;
 - baseline: `torch.utils.data.DataLoader(num_workers=CORES)` whose workers each build a whole batch with
   PIL decode + torchvision.transforms.functional (torch at 1 thread per worker, so CORES processes in all).
