@@ -7,9 +7,13 @@ into the rows it covers. The CUDA kernel (`topk.cu`) and its NumPy twin (`merge_
     state row r  <-  the k smallest (value, index) pairs of
                      state row r  U  {(block[r - row_start, c], col_start + c) : block[...] <= bound[r]}
 
-`bound` lets a caller that already knows an upper bound on a row's k-th distance skip the rest early. Callers
-visit each row's columns in increasing index order (`check_ascending=True` verifies it on CPU), which lets the
-NumPy twin settle ties with one stable sort.
+`bound` lets a caller that already knows an upper bound on a row's k-th distance skip the rest early. Blocks may
+arrive in any order (ties are settled by comparing (value, index) pairs, not by arrival), so a rank or a thread can
+merge any subset of a row's blocks, and partial states merge exactly (`merge_states`).
+
+The NumPy twin bounds a row it has not filled yet by the k-th smallest of a slice of the block's row (an upper bound
+on the k-th of the merged result, so nothing the contract keeps is lost) before it collects candidates: the first
+block a row meets then passes about k·(width / slice) candidates, not the whole row.
 """
 
 from __future__ import annotations
@@ -44,32 +48,37 @@ def is_full(state: TopKState) -> object:
     return state.indices[:, -1] >= 0
 
 
-def merge_block(state: TopKState, block, row_start: int, col_start: int, bound=None, check_ascending=True) -> None:
+def merge_block(state: TopKState, block, row_start: int, col_start: int, bound=None) -> None:
     """Fold `block` (rows row_start.., columns col_start..) into `state` in place; NumPy or CuPy by `block`."""
     if array_module(block) is np:
-        merge_block_numpy(state, block, row_start, col_start, bound, check_ascending)
+        merge_block_numpy(state, block, row_start, col_start, bound)
     else:
         merge_block_cuda(state, block, row_start, col_start, bound)
 
 
-def merge_block_numpy(state: TopKState, block: np.ndarray, row_start: int, col_start: int, bound=None,
-                      check_ascending=True) -> None:
+FIRST_BOUND_COLUMNS = 256  # slice of a block row whose k-th value bounds a row that is not full yet
+
+
+def merge_block_numpy(state: TopKState, block: np.ndarray, row_start: int, col_start: int, bound=None) -> None:
     """NumPy twin of `topk_merge_*` in topk.cu (see the module docstring for the contract)."""
     n_rows, n_cols = block.shape
     k = state.k
     rows = slice(row_start, row_start + n_rows)
-    if check_ascending and n_rows and int(state.indices[rows].max()) >= col_start:
-        raise ValueError("columns must reach each row in increasing index order (col_start <= an index already kept)")
-    threshold = state.values[rows, k - 1]  # (n_rows,) current k-th value
+    threshold = state.values[rows, k - 1].copy()  # (n_rows,) current k-th value (+inf while not full)
     if bound is not None:
-        threshold = np.minimum(threshold, bound[rows])
+        np.minimum(threshold, bound[rows], out=threshold)
+    open_rows = np.flatnonzero(threshold == np.inf)
+    if open_rows.size and n_cols >= k:
+        width = min(n_cols, max(FIRST_BOUND_COLUMNS, 2 * k))
+        head = block[open_rows, :width]  # (o, width): the k-th of a subset bounds the k-th of the whole row
+        threshold[open_rows] = np.partition(head, k - 1, axis=1)[:, k - 1]
     cand_rows, cand_cols = _candidates(block, threshold)
     if cand_rows.size == 0:
         return
     counts = np.bincount(cand_rows, minlength=n_rows)
     touched = np.flatnonzero(counts)
-    # Table per touched row: its k kept entries, then its candidates in ascending column order, padded with
-    # (+inf, -1). Kept indices are all below col_start, so a stable sort by value alone orders by (value, index).
+    # Table per touched row: its k kept entries, then its candidates, padded with (+inf, -1); the k smallest
+    # (value, index) pairs of each table row replace the state row.
     width = k + int(counts.max())
     table_values = np.full((touched.size, width), np.inf, dtype=state.values.dtype)
     table_indices = np.full((touched.size, width), -1, dtype=np.int64)
@@ -80,9 +89,42 @@ def merge_block_numpy(state: TopKState, block: np.ndarray, row_start: int, col_s
     slot = k + np.arange(cand_rows.size) - row_first[cand_rows]
     table_values[table_row, slot] = block[cand_rows, cand_cols]
     table_indices[table_row, slot] = col_start + cand_cols
-    order = np.argsort(table_values, axis=1, kind="stable")[:, :k]
+    order = lexicographic_order(table_values, table_indices)[:, :k]
     state.values[row_start + touched] = np.take_along_axis(table_values, order, axis=1)
     state.indices[row_start + touched] = np.take_along_axis(table_indices, order, axis=1)
+
+
+def lexicographic_order(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """(n, w) positions that sort each row by (value, index); padding (+inf, -1) sorts after real entries.
+
+    float32: one unstable (SIMD) argsort of distinct 64-bit keys (order-preserving bits of the value, then the
+    index as unsigned, so -1 ranks last); float64: a two-key lexsort.
+    """
+    if values.dtype == np.float32:
+        bits = (values + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into +0.0, which compares equal
+        ordered = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+        keys = (ordered << np.uint64(32)) | indices.astype(np.uint64) & np.uint64(0xFFFFFFFF)
+        return np.argsort(keys, axis=1)
+    return np.lexsort((indices.astype(np.uint64), values), axis=1)
+
+
+def merge_states(parts: list[TopKState]) -> TopKState:
+    """Exact merge of partial top-k states of the same rows, each computed from its own (disjoint) columns: the
+    k smallest (value, index) pairs of every row's union."""
+    if len(parts) == 1:
+        return parts[0]
+    xp = array_module(parts[0].values)
+    values = xp.concatenate([p.values for p in parts], axis=1)  # (n, P·k)
+    indices = xp.concatenate([p.indices for p in parts], axis=1)
+    k = parts[0].k
+    if xp is np:
+        order = lexicographic_order(values, indices)[:, :k]
+    else:  # CuPy's sorts are stable: by index, then by value
+        by_index = indices.argsort(axis=1)
+        by_value = xp.take_along_axis(values, by_index, axis=1).argsort(axis=1)
+        order = xp.take_along_axis(by_index, by_value, axis=1)[:, :k]
+    return TopKState(values=xp.take_along_axis(values, order, axis=1),
+                     indices=xp.take_along_axis(indices, order, axis=1))
 
 
 def _candidates(block: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
