@@ -1,0 +1,36 @@
+"""The re-ranking memory planner: predictions grow with the algorithm's arrays, and a run that will not fit is
+refused before any work, with the numbers and the settings that would fit."""
+
+import numpy as np
+import pytest
+
+from xfd.eval.rerank import k_reciprocal_stream
+from xfd.eval.rerank_memory import plan, refuse_unless_it_fits
+
+GIB = 2**30
+
+
+def test_prediction_grows_with_the_problem_and_shrinks_with_float32():
+    small = plan(2_000, 18_000, 1024, 28, 6, np.float32)
+    large = plan(10_000, 190_000, 1024, 28, 6, np.float32)
+    assert large.host_bytes > 3 * small.host_bytes
+    assert plan(2_000, 18_000, 1024, 28, 6, np.float64).host_bytes > small.host_bytes
+    # features alone: N·d·s plus the blend's scaled query copy
+    assert large.parts["features"] == (200_000 + 10_000) * 1024 * 4
+
+
+def test_refusal_names_the_numbers_and_a_setting_that_fits():
+    memory = plan(10_000, 190_000, 1024, 28, 6, np.float64, workers=2)
+    with pytest.raises(ValueError) as refused:
+        refuse_unless_it_fits(memory, int(memory.host_bytes * 0.7))
+    message = str(refused.value)
+    assert "will not fit in memory" in message and "q=10000, g=190000, d=1024, 64-bit" in message
+    assert f"{memory.host_bytes / GIB:.2f} GiB" in message
+    assert "would fit: float32 features" in message  # float32 halves the features: it fits 70 %
+    refuse_unless_it_fits(memory, memory.host_bytes)  # exactly enough is accepted
+
+
+def test_stream_refuses_before_any_work(make_features):
+    x = make_features(300, 16, 10, np.float32, seed=1)
+    with pytest.raises(ValueError, match="will not fit in memory"):
+        k_reciprocal_stream(x[:30], x[30:], 20, 6, 0.3, device="cpu", memory_limit=1 << 20)
