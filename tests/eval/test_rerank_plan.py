@@ -21,12 +21,13 @@ def test_prediction_grows_with_the_problem_and_shrinks_with_float32():
 
 def test_refusal_names_the_numbers_and_a_setting_that_fits():
     memory = plan(10_000, 190_000, 1024, 28, 6, np.float64, workers=2)
+    single = plan(10_000, 190_000, 1024, 28, 6, np.float32, workers=2)
     with pytest.raises(ValueError) as refused:
-        refuse_unless_it_fits(memory, int(memory.host_bytes * 0.7))
+        refuse_unless_it_fits(memory, (memory.host_bytes + single.host_bytes) // 2)
     message = str(refused.value)
     assert "will not fit in memory" in message and "q=10000, g=190000, d=1024, 64-bit" in message
     assert f"{memory.host_bytes / GIB:.2f} GiB" in message
-    assert "would fit: float32 features" in message  # float32 halves the features: it fits 70 %
+    assert "would fit: float32 features" in message  # float32 halves the features
     refuse_unless_it_fits(memory, memory.host_bytes)  # exactly enough is accepted
 
 
