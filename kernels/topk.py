@@ -137,7 +137,9 @@ def _candidates(block: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, n
         base = block.T  # C-contiguous (n_cols, n_rows)
         flat = np.flatnonzero(base <= threshold[None, :])
         cols, rows = np.divmod(flat, base.shape[1])
-        order = np.argsort(rows, kind="stable")  # columns stay ascending within a row
+        # Group by row: a stable sort of small integers is a radix sort (one pass) for 16-bit keys.
+        keys = rows.astype(np.int16) if base.shape[1] <= np.iinfo(np.int16).max else rows
+        order = np.argsort(keys, kind="stable")  # columns stay ascending within a row
         return rows[order], cols[order]
     flat = np.flatnonzero(block <= threshold[:, None])  # row-major: per row, ascending column
     return np.divmod(flat, block.shape[1])

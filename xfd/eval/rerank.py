@@ -37,7 +37,7 @@ from xfd.kernels.backend import array_module, module_for_device, resolve_device,
 from xfd.kernels.csr import SparseRows, concatenate_rows, from_lengths
 from xfd.kernels.distance import PreparedRows, distance_block, prepare_rows, squared_norms
 from xfd.kernels.graph import NeighbourLists, default_block_size, graph_tiles, knn_graph, rounding_margin
-from xfd.kernels.jaccard import blend, min_intersection
+from xfd.kernels.jaccard import blend, blend_pairs, min_intersection, shared_pairs
 from xfd.kernels.reciprocal import expanded_reciprocal_sets
 from xfd.kernels.topk import TopKState, merge_states
 from xfd.kernels.vmatrix import inverted_index, local_query_expansion, reciprocal_weights
@@ -116,7 +116,7 @@ def k_reciprocal_stream(query, gallery, k1: int = 28, k2: int = 6, lam: float = 
         device = resolve_device(device)
         xp = module_for_device(device)
         workers = 1 if device == "cuda" else (workers or max(1, available_cpus() // local_ranks()))
-        graph_block = graph_block or default_block_size(xp)
+        graph_block = graph_block or default_block_size(xp, q_feats.shape[0] + g_feats.shape[0])
         step = block_rows or blend_rows(g_feats.shape[0], q_feats.dtype.itemsize)
         memory = plan(q_feats.shape[0], g_feats.shape[0], q_feats.shape[1], k1, k2, q_feats.dtype, team.world,
                       workers, graph_block, step)
@@ -161,7 +161,7 @@ def build_index(q_feats: np.ndarray, g_feats: np.ndarray, k1: int, k2: int, devi
     features = xp.asarray(np.concatenate([q_feats, g_feats]))  # (N, d)
     sq_norms = squared_norms(features)
     k = max(k1 + 1, k2)
-    graph_block = graph_block or default_block_size(xp)
+    graph_block = graph_block or default_block_size(xp, n)
     bounds = row_bounds(n, team.world)
     lo, hi = bounds[team.rank], bounds[team.rank + 1]
 
@@ -253,9 +253,14 @@ def _blend_blocks(index: RerankIndex, lam: float, step: int, to_host: bool, prog
     def block(start: int):
         stop = min(start + step, q)
         rows = PreparedRows(index.query.scaled[start:stop], index.query.sq_norms[start:stop])
-        shared = min_intersection(index.v_query.rows(start, stop), index.inverted, g)  # (b, g) Σ min(V_i, V_j)
         dist = distance_block(rows, index.gallery, index.gallery_sq, "sqeuclidean")  # (b, g)
-        final = blend(shared, dist, index.column_max[start:stop], lam)
+        v_rows = index.v_query.rows(start, stop)
+        if device == "cpu":  # s = Σ min(V_i, V_j) only where it is not 0: no dense (b, g) array of it
+            keys, sums = shared_pairs(v_rows, index.inverted, g)
+            final = blend_pairs(keys, sums, dist, index.column_max[start:stop], lam)
+        else:
+            shared = min_intersection(v_rows, index.inverted, g)  # (b, g)
+            final = blend(shared, dist, index.column_max[start:stop], lam)
         return np.arange(start, stop), (to_numpy(final) if to_host else final)
 
     with _blas_for(device, workers):
