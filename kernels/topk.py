@@ -72,8 +72,12 @@ def merge_block_numpy(state: TopKState, block: np.ndarray, row_start: int, col_s
         width = min(n_cols, max(FIRST_BOUND_COLUMNS, 2 * k))
         head = block[open_rows, :width]  # (o, width): the k-th of a subset bounds the k-th of the whole row
         threshold[open_rows] = np.partition(head, k - 1, axis=1)[:, k - 1]
-    cand_rows, cand_cols = _candidates(block, threshold)
+    packed = state.values.dtype == np.float32 and n_rows <= PACKED_MAX_ROWS and state.values.shape[0] < NO_COLUMN
+    cand_rows, cand_cols = _candidates(block, threshold, grouped=not packed)
     if cand_rows.size == 0:
+        return
+    if packed:
+        _merge_packed(state, block, row_start, col_start, cand_rows, cand_cols)
         return
     counts = np.bincount(cand_rows, minlength=n_rows)
     touched = np.flatnonzero(counts)
@@ -92,6 +96,49 @@ def merge_block_numpy(state: TopKState, block: np.ndarray, row_start: int, col_s
     order = lexicographic_order(table_values, table_indices)[:, :k]
     state.values[row_start + touched] = np.take_along_axis(table_values, order, axis=1)
     state.indices[row_start + touched] = np.take_along_axis(table_indices, order, axis=1)
+
+
+PACKED_ROW_BITS, PACKED_COLUMN_BITS = 11, 21  # + 32 value bits = one 64-bit key
+PACKED_MAX_ROWS = 1 << PACKED_ROW_BITS
+NO_COLUMN = (1 << PACKED_COLUMN_BITS) - 1  # stands for index -1 (an empty slot) in a packed key
+
+
+def _merge_packed(state: TopKState, block: np.ndarray, row_start: int, col_start: int, cand_rows: np.ndarray,
+                  cand_cols: np.ndarray) -> None:
+    """float32 merge by one sort: every touched row's k kept entries and its candidates become 64-bit keys
+    (row, order-preserving value bits, column), so a single 1-D sort orders each row by (value, index) and groups
+    the rows; the first k of each row are the new state row (the same result as the table sort)."""
+    k = state.k
+    counts = np.bincount(cand_rows, minlength=block.shape[0])
+    touched = np.flatnonzero(counts)
+    compact = np.zeros(block.shape[0], dtype=np.int64)
+    compact[touched] = np.arange(touched.size)
+    kept = _pack(np.arange(touched.size)[:, None], state.values[row_start + touched],
+                 state.indices[row_start + touched])  # (t, k)
+    fresh = _pack(compact[cand_rows], block[cand_rows, cand_cols], col_start + cand_cols)  # (c,)
+    keys = np.concatenate([kept.reshape(-1), fresh])
+    keys.sort()
+    sizes = k + counts[touched]
+    first = np.cumsum(sizes) - sizes  # where each touched row begins in the sorted keys
+    values, indices = _unpack(keys[first[:, None] + np.arange(k)])  # (t, k)
+    state.values[row_start + touched] = values
+    state.indices[row_start + touched] = indices
+
+
+def _pack(rows: np.ndarray, values: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    bits = (values + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into +0.0, which compares equal
+    ordered = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+    columns = np.where(indices < 0, NO_COLUMN, indices).astype(np.uint64)
+    return ((rows.astype(np.uint64) << np.uint64(32 + PACKED_COLUMN_BITS))
+            | (ordered << np.uint64(PACKED_COLUMN_BITS)) | columns)
+
+
+def _unpack(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    indices = (keys & np.uint64(NO_COLUMN)).astype(np.int64)
+    indices[indices == NO_COLUMN] = -1
+    ordered = ((keys >> np.uint64(PACKED_COLUMN_BITS)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    bits = np.where(ordered >> 31, ordered & np.uint32(0x7FFFFFFF), ~ordered)
+    return bits.view(np.float32), indices
 
 
 def lexicographic_order(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -127,16 +174,18 @@ def merge_states(parts: list[TopKState]) -> TopKState:
                      indices=xp.take_along_axis(indices, order, axis=1))
 
 
-def _candidates(block: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) of the entries block[r, c] <= threshold[r], sorted by row, then column.
+def _candidates(block: np.ndarray, threshold: np.ndarray, grouped: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the entries block[r, c] <= threshold[r]; `grouped`: sorted by row, then column.
 
     A transposed view (the symmetric graph pass hands one in) is scanned in its memory order, which avoids a
-    transposing copy of the whole mask, and only the few candidates are re-sorted.
+    transposing copy of the whole mask, and only the few candidates are re-sorted (when `grouped`).
     """
     if block.flags.f_contiguous and not block.flags.c_contiguous:
         base = block.T  # C-contiguous (n_cols, n_rows)
         flat = np.flatnonzero(base <= threshold[None, :])
         cols, rows = np.divmod(flat, base.shape[1])
+        if not grouped:
+            return rows, cols
         # Group by row: a stable sort of small integers is a radix sort (one pass) for 16-bit keys.
         keys = rows.astype(np.int16) if base.shape[1] <= np.iinfo(np.int16).max else rows
         order = np.argsort(keys, kind="stable")  # columns stay ascending within a row

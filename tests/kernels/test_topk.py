@@ -43,14 +43,15 @@ def test_merge_equals_full_stable_sort_with_many_ties(dtype, transposed):
     np.testing.assert_array_equal(state.values, values.astype(dtype))
 
 
-def test_bound_excludes_larger_entries_and_short_rows_are_padded():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # float32 merges by packed keys, float64 by a table
+def test_bound_excludes_larger_entries_and_short_rows_are_padded(dtype):
     rng = np.random.default_rng(1)
-    matrix = rng.random((25, 60))
+    matrix = rng.random((25, 60)).astype(dtype)
     bound = np.quantile(matrix, 0.05, axis=1)  # about 3 entries per row, fewer than k
     state = _merge_in_column_blocks(matrix, 8, [13, 47], bound=bound)
     values, indices = _brute_topk(matrix, 8, bound)
     np.testing.assert_array_equal(state.indices, indices)
-    np.testing.assert_array_equal(state.values, values)
+    np.testing.assert_array_equal(state.values, values.astype(dtype))
     assert not is_full(state).any()
 
 
