@@ -69,15 +69,17 @@ def expanded_reciprocal_sets(rank, k1: int, chunk_rows: int | None = None, rows:
     if xp is not np:
         workers = 1
 
+    half_lists = xp.ascontiguousarray(rank[:, :half])  # (N, h): rows gathered whole below
+
     def chunk(start: int) -> SparseRows:
         stop = min(start + chunk_rows, last)
         marks = xp.zeros((stop - start, n + 1), dtype=bool)
-        return _expand_chunk(rank, mutual[start - first : stop - first], half_mutual, start, stop, half, marks)
+        return _expand_chunk(rank, half_lists, mutual[start - first : stop - first], half_mutual, start, stop, marks)
 
     return concatenate_rows(run_all(chunk, range(first, last, chunk_rows), workers), xp)
 
 
-def _expand_chunk(rank, mutual, half_mutual, start: int, stop: int, half: int, marks) -> SparseRows:
+def _expand_chunk(rank, half_lists, mutual, half_mutual, start: int, stop: int, marks) -> SparseRows:
     xp = array_module(rank)
     n = rank.shape[0]
     c = stop - start
@@ -85,12 +87,12 @@ def _expand_chunk(rank, mutual, half_mutual, start: int, stop: int, half: int, m
     reciprocal = xp.where(mutual, rank[start:stop, : mutual.shape[1]], n)  # (c, L) R(i), padded with n
     safe = xp.where(mutual, reciprocal, 0)
     candidate_valid = half_mutual[safe] & mutual[:, :, None]  # (c, L, h) membership of R½(c)
-    candidate = xp.where(candidate_valid, rank[safe, :half], n)  # (c, L, h) R½(c), padded with n
+    candidate = xp.where(candidate_valid, half_lists[safe], n)  # (c, L, h) R½(c), padded with n
     candidate_size = candidate_valid.sum(axis=2)  # (c, L)
-    marks[local, reciprocal] = True
+    flags = marks.reshape(-1)  # one row of n + 1 flags per row of the chunk: flat indices are cheap to gather
+    flags[local * (n + 1) + reciprocal] = True
     marks[:c, n] = False
-    overlap = marks[local[:, :, None], candidate].sum(axis=2)  # (c, L) |R½(c) ∩ R(i)|
-    marks[local, reciprocal] = False
+    overlap = flags[(local * (n + 1))[:, :, None] + candidate].sum(axis=2)  # (c, L) |R½(c) ∩ R(i)|
     accepted = mutual & (3 * overlap > 2 * candidate_size)  # (c, L)
     members = xp.concatenate([reciprocal, xp.where(accepted[:, :, None], candidate, n).reshape(c, -1)], axis=1)
     members = xp.sort(members, axis=1)  # (c, L + L·h), padding last
