@@ -35,3 +35,11 @@ def test_stream_refuses_before_any_work(make_features):
     x = make_features(300, 16, 10, np.float32, seed=1)
     with pytest.raises(ValueError, match="will not fit in memory"):
         k_reciprocal_stream(x[:30], x[30:], 20, 6, 0.3, device="cpu", memory_limit=1 << 20)
+
+
+def test_gpu_plan_is_checked_against_the_device():
+    memory = plan(10_000, 1_000_000, 1024, 28, 6, np.float32, device="cuda", graph_block=16384)
+    assert memory.device_bytes > 4 * 1_010_000 * 1024  # the features alone
+    with pytest.raises(ValueError, match="will not fit in GPU memory"):
+        refuse_unless_it_fits(memory, 1 << 40, device_limit=memory.device_bytes - 1)
+    refuse_unless_it_fits(memory, 1 << 40, device_limit=memory.device_bytes)

@@ -30,7 +30,8 @@ import numpy as np
 from tqdm import tqdm
 
 from xfd.eval.distance import DistanceBlocks, assemble
-from xfd.eval.rerank_memory import available_host_bytes, blend_rows, local_ranks, plan, refuse_unless_it_fits
+from xfd.eval.rerank_memory import (available_device_bytes, available_host_bytes, blend_rows, local_ranks, plan,
+                                    refuse_unless_it_fits)
 from xfd.eval.rerank_team import Solo, input_digest
 from xfd.eval.validate import check_feature_pair, check_rerank_params
 from xfd.kernels.backend import array_module, module_for_device, resolve_device, stable_argsort, to_numpy
@@ -119,8 +120,9 @@ def k_reciprocal_stream(query, gallery, k1: int = 28, k2: int = 6, lam: float = 
         graph_block = graph_block or default_block_size(xp, q_feats.shape[0] + g_feats.shape[0])
         step = block_rows or blend_rows(g_feats.shape[0], q_feats.dtype.itemsize)
         memory = plan(q_feats.shape[0], g_feats.shape[0], q_feats.shape[1], k1, k2, q_feats.dtype, team.world,
-                      workers, graph_block, step)
-        refuse_unless_it_fits(memory, memory_limit or available_host_bytes(local_ranks()))
+                      workers, graph_block, step, device)
+        refuse_unless_it_fits(memory, memory_limit or available_host_bytes(local_ranks()),
+                              available_device_bytes() if device == "cuda" else None)
     if team.world > 1:
         settings = {"k1": k1, "k2": k2, "lam": lam, "device": device, "graph_block": graph_block, "blend": step}
         team.verify_same(input_digest(q_feats, g_feats, settings=settings), "features, dtypes or parameters")

@@ -49,10 +49,15 @@ class MemoryPlan:
     graph_block: int
     blend_rows: int
     parts: dict
+    device_parts: dict | None = None  # on a GPU: what the device holds (unmeasured: no GPU was at hand)
 
     @property
     def host_bytes(self) -> int:
         return int(sum(self.parts.values()))
+
+    @property
+    def device_bytes(self) -> int:
+        return int(sum(self.device_parts.values())) if self.device_parts else 0
 
     def describe(self) -> str:
         gib = 2**30
@@ -70,7 +75,7 @@ def blend_rows(n_gallery: int, itemsize: int) -> int:
 
 
 def plan(q: int, g: int, d: int, k1: int, k2: int, dtype, ranks: int = 1, workers: int = 1,
-         graph_block: int = 1024, blend_block: int | None = None) -> MemoryPlan:
+         graph_block: int = 1024, blend_block: int | None = None, device: str = "cpu") -> MemoryPlan:
     """The peak host bytes one rank will hold (see the module docstring for the terms)."""
     s = np.dtype(dtype).itemsize
     n = q + g
@@ -88,7 +93,17 @@ def plan(q: int, g: int, d: int, k1: int, k2: int, dtype, ranks: int = 1, worker
         "sparse": n * sets * 12 + n * expanded * 28 + own * kept * 16,
         "blend": (workers + 1) * b * g * (2 * s + 8 + 8),
     }
-    return MemoryPlan(q, g, d, k1, k2, s, ranks, workers, graph_block, b, {k: float(v) for k, v in parts.items()})
+    device_parts = None
+    if device == "cuda":  # the arrays move to the device; the host keeps the inputs and the gathered lists
+        device_parts = {
+            "features": n * d * s + q * d * s,
+            "graph": n * kept * (s + 8) * 2 + 2 * tile * tile * s,
+            "sparse": n * sets * 12 + n * expanded * 28,
+            "blend": 2 * b * g * (3 * s + 8),
+        }
+        parts = {"runtime": RUNTIME_BYTES, "features": n * d * s, "lists": parts["lists"]}
+    return MemoryPlan(q, g, d, k1, k2, s, ranks, workers, graph_block, b, {k: float(v) for k, v in parts.items()},
+                      None if device_parts is None else {k: float(v) for k, v in device_parts.items()})
 
 
 def available_host_bytes(local_ranks: int = 1) -> int:
@@ -106,8 +121,23 @@ def local_ranks() -> int:
     return 1
 
 
-def refuse_unless_it_fits(memory: MemoryPlan, limit_bytes: int) -> None:
-    """ValueError with the numbers and the settings that would fit when the plan exceeds `limit_bytes`."""
+def available_device_bytes() -> int:
+    """Free memory of the current CUDA device (CuPy)."""
+    import cupy
+
+    free, _ = cupy.cuda.runtime.memGetInfo()
+    return int(free)
+
+
+def refuse_unless_it_fits(memory: MemoryPlan, limit_bytes: int, device_limit: int | None = None) -> None:
+    """ValueError with the numbers and the settings that would fit when the plan exceeds `limit_bytes` (host) or
+    `device_limit` (GPU)."""
+    if device_limit is not None and memory.device_bytes > device_limit:
+        gib = 2**30
+        items = ", ".join(f"{name} {value / gib:.2f}" for name, value in memory.device_parts.items())
+        raise ValueError(f"re-ranking will not fit in GPU memory: predicted {memory.device_bytes / gib:.2f} GiB "
+                         f"({items} GiB) but the device has {device_limit / gib:.2f} GiB free; smaller blend "
+                         f"blocks (block_rows) or float32 features would need less")
     if memory.host_bytes <= limit_bytes:
         return
     gib = 2**30
