@@ -15,8 +15,8 @@ def test_prediction_grows_with_the_problem_and_shrinks_with_float32():
     large = plan(10_000, 190_000, 1024, 28, 6, np.float32)
     assert large.host_bytes > 3 * small.host_bytes
     assert plan(2_000, 18_000, 1024, 28, 6, np.float64).host_bytes > small.host_bytes
-    # features alone: N·d·s plus the blend's scaled query copy
-    assert large.parts["features"] == (200_000 + 10_000) * 1024 * 4
+    # the inputs, their concatenation and the blend's scaled query copy
+    assert large.parts["features"] == (2 * 200_000 + 10_000) * 1024 * 4
 
 
 def test_refusal_names_the_numbers_and_a_setting_that_fits():

@@ -3,8 +3,8 @@ algorithm's own arrays before any work, and a refusal, with the fix, when that w
 
 What a rank holds at its peak (N = q + g, K = max(k1 + 1, k2) + 1 kept neighbours, R ranks, W worker threads,
 s = bytes per feature value; V_nnz and V_qe_nnz = non-zeros of V and of V after local query expansion):
-- the features: N·d·s (every rank holds all of them: any tile needs any rows); the query rows once more, scaled
-  for the blend's GEMM (q·d·s);
+- the features: the caller's query and gallery arrays and their concatenation, 2·N·d·s (every rank holds all of
+  them: any tile needs any rows), and the query rows once more, scaled for the blend's GEMM (q·d·s);
 - the graph: the top-K state for all N rows, N·K·(s + 8), one distance tile per thread (B²·s), and, while a tile
   is merged, its candidate table; after the graph, the lists of this rank's rows from every rank,
   R·(N/R)·K·(s + 8), and all rank lists, N·K·8;
@@ -87,7 +87,7 @@ def plan(q: int, g: int, d: int, k1: int, k2: int, dtype, ranks: int = 1, worker
     tile = min(graph_block, n)
     parts = {
         "runtime": RUNTIME_BYTES,
-        "features": n * d * s + q * d * s,
+        "features": 2 * n * d * s + q * d * s,
         "graph": n * kept * (s + 8) * 2 + workers * (tile * tile * s + tile * (kept + 4 * kept) * 16),
         "lists": ranks * own * kept * (s + 8) + n * kept * 8,
         "sparse": n * sets * 12 + n * expanded * 28 + own * kept * 16,
