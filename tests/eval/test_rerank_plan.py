@@ -11,24 +11,26 @@ GIB = 2**30
 
 
 def test_prediction_grows_with_the_problem_and_shrinks_with_float32():
-    small = plan(2_000, 18_000, 1024, 28, 6, np.float32)
-    large = plan(10_000, 190_000, 1024, 28, 6, np.float32)
-    assert large.host_bytes > 3 * small.host_bytes
-    assert plan(2_000, 18_000, 1024, 28, 6, np.float64).host_bytes > small.host_bytes
-    # the inputs, their concatenation and the blend's scaled query copy
-    assert large.parts["features"] == (2 * 200_000 + 10_000) * 1024 * 4
+    small = plan(2_000, 18_000, 1024, 28, 6, np.float32, resident=0)
+    large = plan(10_000, 190_000, 1024, 28, 6, np.float32, resident=0)
+    assert large.host_bytes > 5 * small.host_bytes
+    assert plan(2_000, 18_000, 1024, 28, 6, np.float64, resident=0).host_bytes > small.host_bytes
+    # the features concatenated and the blend's scaled query copy; the caller's arrays are part of the resident set
+    assert large.parts["features"] == (200_000 + 10_000) * 1024 * 4
+    assert plan(10, 90, 8, 5, 3, np.float32).parts["resident"] > 50 << 20  # this process, measured
 
 
 def test_refusal_names_the_numbers_and_a_setting_that_fits():
-    memory = plan(10_000, 190_000, 1024, 28, 6, np.float64, workers=2)
-    single = plan(10_000, 190_000, 1024, 28, 6, np.float32, workers=2)
+    memory = plan(10_000, 190_000, 1024, 28, 6, np.float64, workers=2, resident=1 << 30)
+    single = plan(10_000, 190_000, 1024, 28, 6, np.float32, workers=2, resident=1 << 30)
     with pytest.raises(ValueError) as refused:
-        refuse_unless_it_fits(memory, (memory.host_bytes + single.host_bytes) // 2)
+        refuse_unless_it_fits(memory, (memory.added_bytes + single.added_bytes) // 2)
     message = str(refused.value)
     assert "will not fit in memory" in message and "q=10000, g=190000, d=1024, 64-bit" in message
-    assert f"{memory.host_bytes / GIB:.2f} GiB" in message
+    assert f"needs {memory.added_bytes / GIB:.2f} GiB more" in message
+    assert f"predicted peak per rank {memory.host_bytes / GIB:.2f} GiB" in message
     assert "would fit: float32 features" in message  # float32 halves the features
-    refuse_unless_it_fits(memory, memory.host_bytes)  # exactly enough is accepted
+    refuse_unless_it_fits(memory, memory.added_bytes)  # exactly enough is accepted
 
 
 def test_stream_refuses_before_any_work(make_features):
