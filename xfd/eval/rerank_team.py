@@ -85,7 +85,12 @@ class RankTeam:
             yield
         except Exception as error:  # reported to the other ranks, then raised here too
             failure = error
-        messages = self._check_in(name, failure)
+        try:
+            messages = self._check_in(name, failure)
+        except RankFailure:
+            if failure is not None:  # this rank's own error says more than the others' absence
+                raise failure from None
+            raise
         if failure is not None:
             raise failure
         if messages:
