@@ -12,8 +12,7 @@ K = max(k1 + 1, k2) + 1 kept neighbours, own = N / R rows of this rank, W worker
   flight, and per thread the float64 scratch of the Jaccard sums and the expanded pairs.
 
 The sizes of R* and V_qe depend on the features; the planner uses the upper end of what the benchmark's features
-of three difficulties give (|R*| ≈ 1.0-1.04·k1, |V_qe row| ≈ 1.8-3.6·|R*| for k2 = 6), so that a run that fits
-is not refused late. bench/rerank.py prints the prediction next to the measured peak (README: within 25 % at
+of three difficulties give (|R*| ≈ 1.0-1.04·k1; |V_qe row| ≈ 1.8-3.6·|R*| for k2 = 6, planned at 2.7). bench/rerank.py prints the prediction next to the measured peak (README: within 25 % at
 N = 20k and 200k).
 """
 
@@ -26,10 +25,10 @@ import numpy as np
 
 # Planning sizes per row, upper ends of what the benchmark's features give (see the module docstring).
 SETS_PER_K1 = 1.1
-QE_PER_SET = 3.6
+QE_PER_SET = 2.7
 BLEND_BYTES = 256 << 20  # (rows, g) working arrays per blend block on CPU
 BLEND_MAX_ROWS = 256
-JACCARD_SCRATCH = (32 << 20) + (1 << 21) * 48  # per thread: float64 sums (kernels.jaccard.SCRATCH_BYTES), pairs
+PAIR_BYTES = 80  # the expansion of one (query entry, gallery row) pair in kernels.jaccard.shared_pairs, at its peak
 
 
 @dataclass(frozen=True)
@@ -77,6 +76,16 @@ def blend_rows(n_gallery: int, itemsize: int) -> int:
     return int(max(1, min(BLEND_MAX_ROWS, BLEND_BYTES // per_row)))
 
 
+def jaccard_scratch(q: int, g: int, expanded: float) -> float:
+    """Bytes one thread holds while it sums a chunk of query rows' Jaccard terms: the float64 sums of the chunk's
+    rows against the gallery, and the pairs expanded (about expanded² · g / N per row, at most PAIRS_PER_CHUNK)."""
+    from xfd.kernels.jaccard import PAIRS_PER_CHUNK, SCRATCH_BYTES
+
+    rows = max(1, SCRATCH_BYTES // (8 * g))
+    pairs = min(PAIRS_PER_CHUNK, rows * expanded * expanded * g / (q + g))
+    return SCRATCH_BYTES + pairs * PAIR_BYTES
+
+
 def resident_bytes() -> int:
     """This process's resident set now."""
     import psutil
@@ -102,7 +111,8 @@ def plan(q: int, g: int, d: int, k1: int, k2: int, dtype, ranks: int = 1, worker
         "graph": state + workers * (tile * tile * s + tile * kept * 3 * 8),
         "sparse": (ranks * own * kept * (s + 8) if ranks > 1 else state) + n * kept * 8 + own * sets * 8
         + n * (sets + expanded) * (8 + s) + g * expanded * (8 + s),
-        "blend": (q + g) * expanded * (8 + s) + (2 * workers + 1) * b * g * s + workers * JACCARD_SCRATCH,
+        "blend": (q + g) * expanded * (8 + s) + (2 * workers + 1) * b * g * s
+        + workers * jaccard_scratch(q, g, expanded),
     }
     largest = max(phases, key=phases.get)
     parts = {
