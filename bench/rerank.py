@@ -15,7 +15,9 @@ the 1-rank run block by block (a checksum per block) and their metrics must be i
 
 The floor is the issue's: half of one N×N GEMM plus one q×g GEMM, at this machine's BLAS rate — measured with
 every BLAS thread on a warm (4096 × d)·(d × 8192) product, before and after the runs (the faster rate is used, so
-the ratio errs high). Difficulties: `tidy` (xfd.eval.synthetic's clustered features), `families` (look-alike
+the ratio errs high). On a shared machine the wall-clock ratio follows the other jobs, so each run also prints its
+CPU seconds (all threads, all ranks) against the floor GEMMs' CPU seconds: the ratio a quiet machine would give when
+every thread keeps a core busy. Difficulties: `tidy` (xfd.eval.synthetic's clustered features), `families` (look-alike
 identities: 10 identities share a family centre), `hard` (families, six camera shifts, heavy-tailed noise, uneven
 identity sizes).
 """
@@ -99,14 +101,14 @@ def run_floor(args) -> dict:
     a = rng.standard_normal((4096, args.dim), dtype=np.float32)
     b = rng.standard_normal((8192, args.dim), dtype=np.float32)
     out = np.empty((4096, 8192), dtype=np.float32)
-    best = np.inf
+    best, best_cpu = np.inf, np.inf
     for _ in range(4):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         np.matmul(a, b.T, out=out)
-        best = min(best, time.perf_counter() - start)
-    rate = 2 * 4096 * 8192 * args.dim / best
+        best, best_cpu = min(best, time.perf_counter() - start), min(best_cpu, time.process_time() - cpu)
+    work = 2 * 4096 * 8192 * args.dim
     flops = 2 * args.dim * (args.n * args.n / 2 + args.q * (args.n - args.q))
-    return {"rate_gflops": rate / 1e9, "floor_s": flops / rate}
+    return {"rate_gflops": work / best / 1e9, "floor_s": flops * best / work, "floor_cpu_s": flops * best_cpu / work}
 
 
 def run_dense(args) -> dict:
@@ -151,7 +153,7 @@ def run_xfd(args) -> dict:
                   default_block_size(np if args.device == "cpu" else None, args.n),
                   blend_rows(args.n - args.q, qf.itemsize))
     _reset_peak()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     times = RerankTimes()
     accumulator = RankingAccumulator(qp, qc, gp, gc)
     digests = {}
@@ -165,8 +167,8 @@ def run_xfd(args) -> dict:
             with open(args.out, "ab") as handle:
                 handle.write(np.ascontiguousarray(block).tobytes())
     metrics = reduce_metrics(accumulator, team).to_dict() if args.device == "cpu" else {}
-    elapsed = time.perf_counter() - start
-    return {"rank": team.rank, "world": world, "time_s": elapsed, "peak_gib": _peak_gib(),
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"rank": team.rank, "world": world, "time_s": elapsed, "cpu_s": cpu, "peak_gib": _peak_gib(),
             "predicted_gib": memory.host_bytes / 2**30, "steps": times.steps, "digests": digests,
             "metrics": {k: v for k, v in metrics.items() if k != "cmc"}, "cmc": metrics.get("cmc")}
 
@@ -206,19 +208,22 @@ def _free_port() -> int:
 
 # --- the report -----------------------------------------------------------------------------------------------
 
-def floor_seconds(args, n: int, q: int, dim: int) -> tuple[float, float]:
+def floor_seconds(args, n: int, q: int, dim: int) -> tuple[float, float, float]:
+    """(floor wall seconds, BLAS GFLOP/s, floor CPU seconds: the same GEMMs' CPU time over all threads)."""
     (result,) = _spawn("floor", args, n, q, dim, "tidy")
-    return result["floor_s"], result["rate_gflops"]
+    return result["floor_s"], result["rate_gflops"], result["floor_cpu_s"]
 
 
-def xfd_line(label: str, runs: list[dict], floor: float | None) -> str:
+def xfd_line(label: str, runs: list[dict], floor: float | None, floor_cpu: float | None = None) -> str:
     slowest = max(r["time_s"] for r in runs)
+    cpu = sum(r["cpu_s"] for r in runs)
+    cpu_ratio = f", CPU {cpu:.1f} s = {cpu / floor_cpu:.2f}x the floor's" if floor_cpu else ""
     steps = " ".join(f"{k} {v:.2f}" for k, v in runs[0]["steps"].items())
     per_rank = ", ".join(f"{r['time_s']:.2f}" for r in runs)
     memory = ", ".join(f"{r['peak_gib']:.2f}/{r['predicted_gib']:.2f}" for r in runs)
     errors = ", ".join(f"{100 * (r['predicted_gib'] / r['peak_gib'] - 1):+.0f}%" for r in runs)
     ratio = f" = {slowest / floor:.2f}x floor" if floor else ""
-    return (f"  {label:<12} {slowest:8.2f} s{ratio} (per rank {per_rank}; rank 0 steps: {steps}) | peak RSS "
+    return (f"  {label:<12} {slowest:8.2f} s{ratio}{cpu_ratio} (per rank {per_rank}; rank 0 steps: {steps}) | peak RSS "
             f"measured/predicted {memory} GiB ({errors}) | mAP {100 * runs[0]['metrics'].get('mAP', float('nan')):.2f}%")
 
 
@@ -235,16 +240,16 @@ def section_floor(args) -> None:
     n, q, dim = args.n, args.q, args.dim
     print(f"\n== N={n} (q={q}, g={n - q}), d={dim}: xfd against the GEMM floor (half N×N + q×g at the BLAS rate)")
     for kind in args.kinds:
-        before, rate = floor_seconds(args, n, q, dim)
+        before, rate, cpu_before = floor_seconds(args, n, q, dim)
         one = _spawn("xfd", args, n, q, dim, kind)
         many = _spawn("xfd", args, n, q, dim, kind, ranks=args.ranks) if args.ranks > 1 else None
-        after, rate_after = floor_seconds(args, n, q, dim)
-        floor = min(before, after)
-        print(f" {kind}: floor {floor:.2f} s (BLAS {max(rate, rate_after):.0f} GFLOP/s; before {before:.2f}, after "
-              f"{after:.2f}); load average {os.getloadavg()[0]:.1f}")
-        print(xfd_line("xfd 1 rank", one, floor))
+        after, rate_after, cpu_after = floor_seconds(args, n, q, dim)
+        floor, floor_cpu = min(before, after), min(cpu_before, cpu_after)
+        print(f" {kind}: floor {floor:.2f} s, {floor_cpu:.2f} CPU-s (BLAS {max(rate, rate_after):.0f} GFLOP/s; before "
+              f"{before:.2f}, after {after:.2f}); load average {os.getloadavg()[0]:.1f}")
+        print(xfd_line("xfd 1 rank", one, floor, floor_cpu))
         if many:
-            print(xfd_line(f"xfd {args.ranks} ranks", many, floor))
+            print(xfd_line(f"xfd {args.ranks} ranks", many, floor, floor_cpu))
             print(f"  {same_results(one, many)}")
 
 
@@ -255,12 +260,12 @@ def section_dense(args) -> None:
         dense_out, xfd_out = Path(tmp) / "dense.npy", Path(tmp) / "xfd.bin"
         (dense,) = _spawn("dense", args, n, q, dim, kind, out=dense_out)
         one = _spawn("xfd", args, n, q, dim, kind, out=xfd_out)
-        floor, _ = floor_seconds(args, n, q, dim)
+        floor, _, floor_cpu = floor_seconds(args, n, q, dim)
         agree = _agreement(dense_out, xfd_out, q, n - q)
     run = one[0]
     print(f"  dense        {dense['time_s']:8.2f} s | peak RSS {dense['peak_gib']:.2f} GiB | mAP "
           f"{100 * dense['mAP']:.2f}%")
-    print(xfd_line("xfd 1 rank", one, floor))
+    print(xfd_line("xfd 1 rank", one, floor, floor_cpu))
     print(f"  speed-up {dense['time_s'] / run['time_s']:.1f}x, peak memory {run['peak_gib'] / dense['peak_gib']:.3f} "
           f"of dense; max|diff| {agree['max_abs_diff']:.2e}, identical top-10 {100 * agree['top10']:.1f}%; load "
           f"average {os.getloadavg()[0]:.1f}")
@@ -281,14 +286,14 @@ def _agreement(dense_path: Path, xfd_path: Path, q: int, g: int) -> dict:
 def section_large(args) -> None:
     n, q, dim = args.large, args.large_query, args.dim
     print(f"\n== N={n} (q={q}, g={n - q}), d={dim}, {args.large_kind}, {args.device}: into the metrics")
-    floor, rate = floor_seconds(args, n, q, dim)
+    floor, rate, floor_cpu = floor_seconds(args, n, q, dim)
     one = _spawn("xfd", args, n, q, dim, args.large_kind)
-    print(f"  floor {floor:.1f} s (BLAS {rate:.0f} GFLOP/s); dense form would need ~{4 * n * n * 4 / 2**30:,.0f} GiB; "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(xfd_line("xfd 1 rank", one, floor))
+    print(f"  floor {floor:.1f} s, {floor_cpu:.1f} CPU-s (BLAS {rate:.0f} GFLOP/s); dense form would need "
+          f"~{4 * n * n * 4 / 2**30:,.0f} GiB; load average {os.getloadavg()[0]:.1f}")
+    print(xfd_line("xfd 1 rank", one, floor, floor_cpu))
     if args.ranks > 1:
         many = _spawn("xfd", args, n, q, dim, args.large_kind, ranks=args.ranks)
-        print(xfd_line(f"xfd {args.ranks} ranks", many, floor))
+        print(xfd_line(f"xfd {args.ranks} ranks", many, floor, floor_cpu))
         if args.device == "cpu":
             print(f"  {same_results(one, many)}")
 
