@@ -223,8 +223,9 @@ def xfd_line(label: str, runs: list[dict], floor: float | None, floor_cpu: float
     memory = ", ".join(f"{r['peak_gib']:.2f}/{r['predicted_gib']:.2f}" for r in runs)
     errors = ", ".join(f"{100 * (r['predicted_gib'] / r['peak_gib'] - 1):+.0f}%" for r in runs)
     ratio = f" = {slowest / floor:.2f}x floor" if floor else ""
+    score = 100 * runs[0]["metrics"].get("mAP", float("nan"))
     return (f"  {label:<12} {slowest:8.2f} s{ratio}{cpu_ratio} (per rank {per_rank}; rank 0 steps: {steps}) | peak RSS "
-            f"measured/predicted {memory} GiB ({errors}) | mAP {100 * runs[0]['metrics'].get('mAP', float('nan')):.2f}%")
+            f"measured/predicted {memory} GiB ({errors}) | mAP {score:.2f}%")
 
 
 def same_results(one: list[dict], many: list[dict]) -> str:

@@ -11,9 +11,9 @@ K = max(k1 + 1, k2) + 1 kept neighbours, own = N / R rows of this rank, W worker
 - blend: the index it keeps (V_qe of the queries, the inverted index), 2W + 1 blocks of (b, g) distances in
   flight, and per thread the float64 scratch of the Jaccard sums and the expanded pairs.
 
-The sizes of R* and V_qe depend on the features; the planner uses the upper end of what the benchmark's features
-of three difficulties give (|R*| ≈ 1.0-1.04·k1; |V_qe row| ≈ 1.8-3.6·|R*| for k2 = 6, planned at 2.7). bench/rerank.py prints the prediction next to the measured peak (README: within 25 % at
-N = 20k and 200k).
+The sizes of R* and V_qe depend on the features; the planner uses what the benchmark's features of three
+difficulties give (|R*| ≈ 1.0-1.04·k1, planned at 1.1·k1; |V_qe row| ≈ 1.8-3.6·|R*| for k2 = 6, planned at 2.7).
+bench/rerank.py prints the prediction next to the measured peak (README: within 25 % at N = 20k and 200k).
 """
 
 from __future__ import annotations
