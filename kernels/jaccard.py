@@ -59,7 +59,7 @@ def shared_pairs(query_rows: SparseRows, inverted: SparseRows, n_gallery: int,
         # Sums on a dense float64 scratch of the chunk's rows (a scatter is cheaper than grouping the pairs);
         # V's entries are positive, so a pair's sum is non-zero exactly where it shares a column.
         sums = np.bincount(flat, weights=smaller, minlength=(stop - start) * n_gallery)  # float64
-        keys = np.flatnonzero(sums)
+        keys = np.flatnonzero(sums != 0)  # (a float array's own nonzero() is several times slower)
         all_keys.append(keys + start * n_gallery)
         all_sums.append(sums[keys].astype(query_rows.data.dtype))
     if not all_keys:
