@@ -14,6 +14,8 @@ Everything is vectorised over blocks of rows, with O(rows·k1²) temporaries, on
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .backend import array_module
@@ -70,11 +72,14 @@ def expanded_reciprocal_sets(rank, k1: int, chunk_rows: int | None = None, rows:
         workers = 1
 
     half_lists = xp.ascontiguousarray(rank[:, :half])  # (N, h): rows gathered whole below
+    local = threading.local()  # one flag array per thread, cleared after each chunk (a fresh one costs page faults)
 
     def chunk(start: int) -> SparseRows:
         stop = min(start + chunk_rows, last)
-        marks = xp.zeros((stop - start, n + 1), dtype=bool)
-        return _expand_chunk(rank, half_lists, mutual[start - first : stop - first], half_mutual, start, stop, marks)
+        if getattr(local, "marks", None) is None:
+            local.marks = xp.zeros((min(chunk_rows, last - first), n + 1), dtype=bool)
+        return _expand_chunk(rank, half_lists, mutual[start - first : stop - first], half_mutual, start, stop,
+                             local.marks)
 
     return concatenate_rows(run_all(chunk, range(first, last, chunk_rows), workers), xp)
 
@@ -93,6 +98,7 @@ def _expand_chunk(rank, half_lists, mutual, half_mutual, start: int, stop: int, 
     flags[local * (n + 1) + reciprocal] = True
     marks[:c, n] = False
     overlap = flags[(local * (n + 1))[:, :, None] + candidate].sum(axis=2)  # (c, L) |R½(c) ∩ R(i)|
+    flags[local * (n + 1) + reciprocal] = False  # all clear again for the next chunk
     accepted = mutual & (3 * overlap > 2 * candidate_size)  # (c, L)
     members = xp.concatenate([reciprocal, xp.where(accepted[:, :, None], candidate, n).reshape(c, -1)], axis=1)
     members = xp.sort(members, axis=1)  # (c, L + L·h), padding last

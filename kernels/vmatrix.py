@@ -12,7 +12,7 @@ features by the same expression as the blocked distances.
 
 from __future__ import annotations
 
-from .backend import array_module
+from .backend import array_module, stable_argsort
 from .csr import SparseRows, concatenate_rows, expand_segments, from_lengths
 from .distance import pair_distances
 from .graph import NeighbourLists
@@ -50,7 +50,7 @@ def _lookup(graph: NeighbourLists, keys, n: int):
     xp = array_module(keys)
     n_rows, k = graph.indices.shape
     edge_keys = (xp.arange(n_rows, dtype=xp.int64)[:, None] * n + graph.indices).reshape(-1)  # (rows·K,) distinct
-    order = xp.argsort(edge_keys)
+    order = stable_argsort(edge_keys)  # keys ascend from row to row: the stable (merge) sort uses those runs
     sorted_keys = edge_keys[order]
     at = xp.minimum(xp.searchsorted(sorted_keys, keys), n_rows * k - 1)
     found = sorted_keys[at] == keys
