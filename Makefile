@@ -29,7 +29,7 @@ ablate: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The quick benchmarks; bench/rerank.py (minutes: N = 5k..20k against the dense form, --large 200000) runs alone.
+# The quick benchmarks; bench/rerank.py (20-30 minutes: N = 20k against the GEMM floor and the dense form, N = 200k on 1 and 2 ranks) runs alone.
 bench: $(VENV)/.installed
 	$(PY) bench/shard.py
 	$(PY) bench/distance.py

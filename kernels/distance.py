@@ -3,7 +3,7 @@
 Two metrics, each defined by the exact floating-point expression every caller uses (the streaming code, the dense
 reference and the tests), so results agree to the rounding of the GEMM itself:
 
-- "sqeuclidean": ((-2a)·b + |a|²) + |b|²   (REFERENCE §3.1: 2 - 2·cos for L2-normalised features)
+- "sqeuclidean": ((-2a)·b + |a|²) + |b|²   (docs/reranking.md step 1: 2 - 2·cos for L2-normalised features)
 - "cosine":      (-a)·b + 1                 (1 - cos for L2-normalised features)
 
 Rows are pre-scaled once (`prepare_rows`), because -2a·b is exactly -2·(a·b) in floating point (a power-of-two
@@ -51,8 +51,25 @@ def distance_block(left: PreparedRows, right, right_sq, metric: str, out=None):
     """
     xp = array_module(right)
     block = xp.matmul(left.scaled, right.T, out=out)  # (n, m) = -2·a·b or -a·b
+    return _finish(block, left.sq_norms, right_sq, metric)
+
+
+def distance_tile(rows, columns, rows_sq, columns_sq, metric: str, out=None):
+    """`distance_block` without a prepared (scaled) copy of the rows: the GEMM of the raw rows, then the scale.
+
+    Bit for bit the same numbers: scaling by -2 or -1 is exact, so (-2a)·b = -2·(a·b) in floating point. The
+    all-vs-all graph uses it so that no scaled copy of all N features is ever held.
+    """
+    xp = array_module(columns)
+    block = xp.matmul(rows, columns.T, out=out)  # (n, m) a·b
+    block *= block.dtype.type(-2 if metric == "sqeuclidean" else -1)
+    return _finish(block, rows_sq, columns_sq, metric)
+
+
+def _finish(block, left_sq, right_sq, metric: str):
+    """In place: ((-2a·b) + |a|²) + |b|² for sqeuclidean, (-a·b) + 1 for cosine."""
     if metric == "sqeuclidean":
-        block += left.sq_norms[:, None]
+        block += left_sq[:, None]
         block += right_sq[None, :]
     else:
         block += block.dtype.type(1)

@@ -1,4 +1,4 @@
-"""Jaccard distance over inverted-index candidates, and the final blend (REFERENCE §3, steps 7-8).
+"""Jaccard distance over inverted-index candidates, and the final blend (docs/reranking.md, steps 7-8).
 
 For query row i and gallery row j, s(i, j) = Σ_t min(V[i, t], V[j, t]) is non-zero only if the rows share a
 column, so `min_intersection` walks, for every non-zero V[i, t], the gallery rows listed under t in the inverted
@@ -18,6 +18,7 @@ from .csr import SparseRows, expand_segments
 from .cuda_source import cuda_module
 
 PAIRS_PER_CHUNK = 1 << 21  # (entry, gallery row) pairs expanded at once by the NumPy twin (~40 bytes each)
+SCRATCH_BYTES = 32 << 20  # float64 sums of one chunk's rows against the whole gallery
 CUDA_THREADS = 128
 
 
@@ -30,30 +31,50 @@ def min_intersection(query_rows: SparseRows, inverted: SparseRows, n_gallery: in
 
 def min_intersection_numpy(query_rows: SparseRows, inverted: SparseRows, n_gallery: int,
                            pairs_per_chunk: int = PAIRS_PER_CHUNK) -> np.ndarray:
-    """NumPy twin of `min_intersection_*` in jaccard.cu, processed in row chunks of bounded expansion."""
+    """NumPy twin of `min_intersection_*` in jaccard.cu: the dense form of `shared_pairs`."""
+    keys, sums = shared_pairs(query_rows, inverted, n_gallery, pairs_per_chunk)
+    out = np.zeros((query_rows.n_rows, n_gallery), dtype=query_rows.data.dtype)
+    out.reshape(-1)[keys] = sums
+    return out
+
+
+def shared_pairs(query_rows: SparseRows, inverted: SparseRows, n_gallery: int,
+                 pairs_per_chunk: int = PAIRS_PER_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """The non-zero s(i, j) only (NumPy): keys r·n_gallery + j, ascending, and their sums (the rows' dtype).
+
+    Each sum adds its terms in column order, in float64, then rounds once: the same numbers whatever the rows
+    are chunked with. Row chunks bound the expanded pairs held at once.
+    """
     n = query_rows.n_rows
-    out = np.zeros((n, n_gallery), dtype=query_rows.data.dtype)
     column_lengths = inverted.row_lengths()
     per_row = np.bincount(query_rows.row_ids(), weights=column_lengths[query_rows.indices], minlength=n)
-    bounds = _chunk_bounds(np.cumsum(per_row), pairs_per_chunk)
+    bounds = _chunk_bounds(np.cumsum(per_row), pairs_per_chunk, max(1, SCRATCH_BYTES // (8 * n_gallery)))
+    all_keys, all_sums = [], []
     for start, stop in zip(bounds[:-1], bounds[1:]):
         chunk = query_rows.rows(start, stop)
         cols = chunk.indices
         entry, position = expand_segments(inverted.indptr[cols], column_lengths[cols])
         smaller = np.minimum(chunk.data[entry], inverted.data[position])
         flat = chunk.row_ids()[entry] * n_gallery + inverted.indices[position]
-        sums = np.bincount(flat, weights=smaller, minlength=(stop - start) * n_gallery)
-        out[start:stop] = sums.reshape(stop - start, n_gallery)
-    return out
+        # Sums on a dense float64 scratch of the chunk's rows (a scatter is cheaper than grouping the pairs);
+        # V's entries are positive, so a pair's sum is non-zero exactly where it shares a column.
+        sums = np.bincount(flat, weights=smaller, minlength=(stop - start) * n_gallery)  # float64
+        keys = np.flatnonzero(sums != 0)  # (a float array's own nonzero() is several times slower)
+        all_keys.append(keys + start * n_gallery)
+        all_sums.append(sums[keys].astype(query_rows.data.dtype))
+    if not all_keys:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=query_rows.data.dtype)
+    return np.concatenate(all_keys), np.concatenate(all_sums)
 
 
-def _chunk_bounds(cumulative: np.ndarray, limit: int) -> list[int]:
-    """Row boundaries such that each chunk's total stays under `limit` (a single row may exceed it)."""
+def _chunk_bounds(cumulative: np.ndarray, limit: int, max_rows: int) -> list[int]:
+    """Row boundaries such that each chunk's total stays under `limit` (a single row may exceed it) and no chunk
+    has more than `max_rows` rows."""
     bounds, start, base = [0], 0, 0.0
     n = cumulative.shape[0]
     while start < n:
         stop = int(np.searchsorted(cumulative, base + limit, side="right"))
-        stop = max(stop, start + 1)
+        stop = min(max(stop, start + 1), start + max_rows)
         bounds.append(stop)
         base = float(cumulative[stop - 1])
         start = stop
@@ -83,15 +104,36 @@ def min_intersection_cuda(query_rows: SparseRows, inverted: SparseRows, n_galler
 def blend(min_sums, distances, row_max, lam: float):
     """final = (1 - λ)·(1 - s/(2 - s)) + λ·distances/row_max[:, None], written into `distances` and returned.
 
-    min_sums, distances: (b, g); row_max: (b,) the column maxima of the query rows (REFERENCE §3.1).
+    min_sums, distances: (b, g); row_max: (b,) the column maxima of the query rows (docs/reranking.md, step 1).
     """
-    xp = array_module(distances)
-    one = distances.dtype.type(1)
-    jaccard = (distances.dtype.type(2) - min_sums).astype(distances.dtype, copy=False)  # (b, g) 2 - s
-    xp.divide(min_sums, jaccard, out=jaccard)
-    xp.subtract(one, jaccard, out=jaccard)  # 1 - s/(2 - s)
-    jaccard *= distances.dtype.type(1 - lam)
     distances /= row_max[:, None]
     distances *= distances.dtype.type(lam)
-    distances += jaccard
+    distances += _jaccard_term(min_sums, distances.dtype, lam)
     return distances
+
+
+def blend_pairs(keys, sums, distances, row_max, lam: float):
+    """`blend` with s given as its non-zero entries (`shared_pairs`): the same numbers, bit for bit, without a
+    dense (b, g) array of s — every other pair has Jaccard 1."""
+    xp = array_module(distances)
+    flat = distances.reshape(-1)
+    near = flat[keys]  # distances of the pairs with s > 0, before the dense update
+    distances /= row_max[:, None]
+    distances *= distances.dtype.type(lam)
+    distances += _jaccard_term(xp.zeros(1, dtype=distances.dtype), distances.dtype, lam)
+    near /= row_max[keys // distances.shape[1]]
+    near *= distances.dtype.type(lam)
+    near += _jaccard_term(sums, distances.dtype, lam)
+    flat[keys] = near
+    return distances
+
+
+def _jaccard_term(min_sums, dtype, lam: float):
+    """(1 - λ)·(1 - s/(2 - s)) in `dtype`, in that order of operations."""
+    xp = array_module(min_sums)
+    one = dtype.type(1)
+    jaccard = (dtype.type(2) - min_sums).astype(dtype, copy=False)  # 2 - s
+    xp.divide(min_sums, jaccard, out=jaccard)
+    xp.subtract(one, jaccard, out=jaccard)  # 1 - s/(2 - s)
+    jaccard *= dtype.type(1 - lam)
+    return jaccard

@@ -1,4 +1,4 @@
-"""k-reciprocal neighbour sets and their expansion (REFERENCE §3, steps 3-4), from top-k lists only.
+"""k-reciprocal neighbour sets and their expansion (docs/reranking.md, steps 3-4), from top-k lists only.
 
 `rank` is the (N, K) array of each row's first K neighbours in the initial ranking (ascending distance, ties to the
 lower index, the row itself normally first), K >= k1 + 1.
@@ -14,10 +14,13 @@ Everything is vectorised over blocks of rows, with O(rows·k1²) temporaries, on
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .backend import array_module
 from .csr import SparseRows, concatenate_rows, from_lengths
+from .workers import run_all
 
 ROWS_PER_CHUNK = 2048
 MARK_BYTES = {"numpy": 1 << 25, "cupy": 1 << 30}  # budget of the (rows, N + 1) membership flags
@@ -28,47 +31,60 @@ def half_length(k1: int) -> int:
     return int(np.around(k1 / 2.0)) + 1
 
 
-def reciprocal_mask(rank, length: int, chunk_rows: int = ROWS_PER_CHUNK):
-    """(N, length) bool: mask[i, m] is True when row i appears in the first `length` entries of row rank[i, m]."""
+def reciprocal_mask(rank, length: int, chunk_rows: int = ROWS_PER_CHUNK, rows: tuple[int, int] | None = None):
+    """(r, length) bool for rows start..stop-1 (default all): mask[i, m] is True when row i appears in the first
+    `length` entries of row rank[i, m]."""
     xp = array_module(rank)
-    n = rank.shape[0]
+    first, last = rows or (0, rank.shape[0])
     heads = rank[:, :length]
-    mask = xp.empty((n, length), dtype=bool)
-    for start in range(0, n, chunk_rows):
-        stop = min(start + chunk_rows, n)
+    mask = xp.empty((last - first, length), dtype=bool)
+    for start in range(first, last, chunk_rows):
+        stop = min(start + chunk_rows, last)
         back = heads[heads[start:stop]]  # (c, length, length): the neighbours' own lists
         own = xp.arange(start, stop, dtype=rank.dtype)[:, None, None]
-        mask[start:stop] = (back == own).any(axis=2)
+        mask[start - first : stop - first] = (back == own).any(axis=2)
     return mask
 
 
-def expanded_reciprocal_sets(rank, k1: int, chunk_rows: int | None = None) -> SparseRows:
-    """R*(i) for every row, as SparseRows of column indices (ascending, no values)."""
+def expanded_reciprocal_sets(rank, k1: int, chunk_rows: int | None = None, rows: tuple[int, int] | None = None,
+                             workers: int = 1) -> SparseRows:
+    """R*(i) for rows start..stop-1 of `rank` (default all), as SparseRows of column indices (ascending, no
+    values). Each row's set depends on the rank lists alone, not on the range or the chunking it was computed in.
+    `workers` threads share the chunks (NumPy)."""
     xp = array_module(rank)
     n = rank.shape[0]
+    first, last = rows or (0, n)
     full, half = k1 + 1, half_length(k1)
     if rank.shape[1] < full:
         raise ValueError(f"rank holds {rank.shape[1]} neighbours per row; k1 = {k1} needs {full}")
-    mutual = reciprocal_mask(rank, full)  # (N, k1+1)
-    half_mutual = reciprocal_mask(rank, half)  # (N, h)
+    mutual = reciprocal_mask(rank, full, rows=(first, last))  # (r, k1+1)
+    half_mutual = reciprocal_mask(rank, half)  # (N, h): R½(c) for any neighbour c
     lonely = xp.flatnonzero(~mutual.any(axis=1))
     if lonely.size:
         raise ValueError(
-            f"row {int(lonely[0])} (and {lonely.size - 1} more) has no k-reciprocal neighbour: it is not among its "
-            f"own {full} nearest rows, which takes more than k1 = {k1} exact duplicates of it; re-ranking is "
-            "undefined there (deduplicate the features or raise k1)")
-    # Marks: one row of N+1 flags per row of the chunk; column N is the padding slot and always reads False.
+            f"row {first + int(lonely[0])} (and {lonely.size - 1} more) has no k-reciprocal neighbour: it is not "
+            f"among its own {full} nearest rows, which takes more than k1 = {k1} exact duplicates of it; re-ranking "
+            "is undefined there (deduplicate the features or raise k1)")
+    # Marks: one row of N+1 flags per row of a chunk; column N is the padding slot and always reads False.
     budget = MARK_BYTES["numpy" if xp is np else "cupy"]
     chunk_rows = chunk_rows or max(1, min(ROWS_PER_CHUNK, budget // (n + 1)))
-    marks = xp.zeros((min(chunk_rows, n), n + 1), dtype=bool)
-    parts = []
-    for start in range(0, n, chunk_rows):
-        stop = min(start + chunk_rows, n)
-        parts.append(_expand_chunk(rank, mutual[start:stop], half_mutual, start, stop, half, marks))
-    return concatenate_rows(parts, xp)
+    if xp is not np:
+        workers = 1
+
+    half_lists = xp.ascontiguousarray(rank[:, :half])  # (N, h): rows gathered whole below
+    local = threading.local()  # one flag array per thread, cleared after each chunk (a fresh one costs page faults)
+
+    def chunk(start: int) -> SparseRows:
+        stop = min(start + chunk_rows, last)
+        if getattr(local, "marks", None) is None:
+            local.marks = xp.zeros((min(chunk_rows, last - first), n + 1), dtype=bool)
+        return _expand_chunk(rank, half_lists, mutual[start - first : stop - first], half_mutual, start, stop,
+                             local.marks)
+
+    return concatenate_rows(run_all(chunk, range(first, last, chunk_rows), workers), xp)
 
 
-def _expand_chunk(rank, mutual, half_mutual, start: int, stop: int, half: int, marks) -> SparseRows:
+def _expand_chunk(rank, half_lists, mutual, half_mutual, start: int, stop: int, marks) -> SparseRows:
     xp = array_module(rank)
     n = rank.shape[0]
     c = stop - start
@@ -76,12 +92,13 @@ def _expand_chunk(rank, mutual, half_mutual, start: int, stop: int, half: int, m
     reciprocal = xp.where(mutual, rank[start:stop, : mutual.shape[1]], n)  # (c, L) R(i), padded with n
     safe = xp.where(mutual, reciprocal, 0)
     candidate_valid = half_mutual[safe] & mutual[:, :, None]  # (c, L, h) membership of R½(c)
-    candidate = xp.where(candidate_valid, rank[safe, :half], n)  # (c, L, h) R½(c), padded with n
+    candidate = xp.where(candidate_valid, half_lists[safe], n)  # (c, L, h) R½(c), padded with n
     candidate_size = candidate_valid.sum(axis=2)  # (c, L)
-    marks[local, reciprocal] = True
+    flags = marks.reshape(-1)  # one row of n + 1 flags per row of the chunk: flat indices are cheap to gather
+    flags[local * (n + 1) + reciprocal] = True
     marks[:c, n] = False
-    overlap = marks[local[:, :, None], candidate].sum(axis=2)  # (c, L) |R½(c) ∩ R(i)|
-    marks[local, reciprocal] = False
+    overlap = flags[(local * (n + 1))[:, :, None] + candidate].sum(axis=2)  # (c, L) |R½(c) ∩ R(i)|
+    flags[local * (n + 1) + reciprocal] = False  # all clear again for the next chunk
     accepted = mutual & (3 * overlap > 2 * candidate_size)  # (c, L)
     members = xp.concatenate([reciprocal, xp.where(accepted[:, :, None], candidate, n).reshape(c, -1)], axis=1)
     members = xp.sort(members, axis=1)  # (c, L + L·h), padding last

@@ -7,9 +7,13 @@ into the rows it covers. The CUDA kernel (`topk.cu`) and its NumPy twin (`merge_
     state row r  <-  the k smallest (value, index) pairs of
                      state row r  U  {(block[r - row_start, c], col_start + c) : block[...] <= bound[r]}
 
-`bound` lets a caller that already knows an upper bound on a row's k-th distance skip the rest early. Callers
-visit each row's columns in increasing index order (`check_ascending=True` verifies it on CPU), which lets the
-NumPy twin settle ties with one stable sort.
+`bound` lets a caller that already knows an upper bound on a row's k-th distance skip the rest early. Blocks may
+arrive in any order (ties are settled by comparing (value, index) pairs, not by arrival), so a rank or a thread can
+merge any subset of a row's blocks, and partial states merge exactly (`merge_states`).
+
+The NumPy twin bounds a row it has not filled yet by the k-th smallest of a slice of the block's row (an upper bound
+on the k-th of the merged result, so nothing the contract keeps is lost) before it collects candidates: the first
+block a row meets then passes about k·(width / slice) candidates, not the whole row.
 """
 
 from __future__ import annotations
@@ -44,32 +48,41 @@ def is_full(state: TopKState) -> object:
     return state.indices[:, -1] >= 0
 
 
-def merge_block(state: TopKState, block, row_start: int, col_start: int, bound=None, check_ascending=True) -> None:
+def merge_block(state: TopKState, block, row_start: int, col_start: int, bound=None) -> None:
     """Fold `block` (rows row_start.., columns col_start..) into `state` in place; NumPy or CuPy by `block`."""
     if array_module(block) is np:
-        merge_block_numpy(state, block, row_start, col_start, bound, check_ascending)
+        merge_block_numpy(state, block, row_start, col_start, bound)
     else:
         merge_block_cuda(state, block, row_start, col_start, bound)
 
 
-def merge_block_numpy(state: TopKState, block: np.ndarray, row_start: int, col_start: int, bound=None,
-                      check_ascending=True) -> None:
+FIRST_BOUND_COLUMNS = 256  # slice of a block row whose k-th value bounds a row that is not full yet
+
+
+def merge_block_numpy(state: TopKState, block: np.ndarray, row_start: int, col_start: int, bound=None) -> None:
     """NumPy twin of `topk_merge_*` in topk.cu (see the module docstring for the contract)."""
     n_rows, n_cols = block.shape
     k = state.k
     rows = slice(row_start, row_start + n_rows)
-    if check_ascending and n_rows and int(state.indices[rows].max()) >= col_start:
-        raise ValueError("columns must reach each row in increasing index order (col_start <= an index already kept)")
-    threshold = state.values[rows, k - 1]  # (n_rows,) current k-th value
+    threshold = state.values[rows, k - 1].copy()  # (n_rows,) current k-th value (+inf while not full)
     if bound is not None:
-        threshold = np.minimum(threshold, bound[rows])
-    cand_rows, cand_cols = _candidates(block, threshold)
+        np.minimum(threshold, bound[rows], out=threshold)
+    open_rows = np.flatnonzero(threshold == np.inf)
+    if open_rows.size and n_cols >= k:
+        width = min(n_cols, max(FIRST_BOUND_COLUMNS, 2 * k))
+        head = block[open_rows, :width]  # (o, width): the k-th of a subset bounds the k-th of the whole row
+        threshold[open_rows] = np.partition(head, k - 1, axis=1)[:, k - 1]
+    packed = state.values.dtype == np.float32 and n_rows <= PACKED_MAX_ROWS and state.values.shape[0] < NO_COLUMN
+    cand_rows, cand_cols = _candidates(block, threshold, grouped=not packed)
     if cand_rows.size == 0:
+        return
+    if packed:
+        _merge_packed(state, block, row_start, col_start, cand_rows, cand_cols)
         return
     counts = np.bincount(cand_rows, minlength=n_rows)
     touched = np.flatnonzero(counts)
-    # Table per touched row: its k kept entries, then its candidates in ascending column order, padded with
-    # (+inf, -1). Kept indices are all below col_start, so a stable sort by value alone orders by (value, index).
+    # Table per touched row: its k kept entries, then its candidates, padded with (+inf, -1); the k smallest
+    # (value, index) pairs of each table row replace the state row.
     width = k + int(counts.max())
     table_values = np.full((touched.size, width), np.inf, dtype=state.values.dtype)
     table_indices = np.full((touched.size, width), -1, dtype=np.int64)
@@ -80,22 +93,102 @@ def merge_block_numpy(state: TopKState, block: np.ndarray, row_start: int, col_s
     slot = k + np.arange(cand_rows.size) - row_first[cand_rows]
     table_values[table_row, slot] = block[cand_rows, cand_cols]
     table_indices[table_row, slot] = col_start + cand_cols
-    order = np.argsort(table_values, axis=1, kind="stable")[:, :k]
+    order = lexicographic_order(table_values, table_indices)[:, :k]
     state.values[row_start + touched] = np.take_along_axis(table_values, order, axis=1)
     state.indices[row_start + touched] = np.take_along_axis(table_indices, order, axis=1)
 
 
-def _candidates(block: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) of the entries block[r, c] <= threshold[r], sorted by row, then column.
+PACKED_ROW_BITS, PACKED_COLUMN_BITS = 11, 21  # + 32 value bits = one 64-bit key
+PACKED_MAX_ROWS = 1 << PACKED_ROW_BITS
+NO_COLUMN = (1 << PACKED_COLUMN_BITS) - 1  # stands for index -1 (an empty slot) in a packed key
+
+
+def _merge_packed(state: TopKState, block: np.ndarray, row_start: int, col_start: int, cand_rows: np.ndarray,
+                  cand_cols: np.ndarray) -> None:
+    """float32 merge by one sort: every touched row's k kept entries and its candidates become 64-bit keys
+    (row, order-preserving value bits, column), so a single 1-D sort orders each row by (value, index) and groups
+    the rows; the first k of each row are the new state row (the same result as the table sort)."""
+    k = state.k
+    counts = np.bincount(cand_rows, minlength=block.shape[0])
+    touched = np.flatnonzero(counts)
+    compact = np.zeros(block.shape[0], dtype=np.int64)
+    compact[touched] = np.arange(touched.size)
+    kept = _pack(np.arange(touched.size)[:, None], state.values[row_start + touched],
+                 state.indices[row_start + touched])  # (t, k)
+    fresh = _pack(compact[cand_rows], block[cand_rows, cand_cols], col_start + cand_cols)  # (c,)
+    keys = np.concatenate([kept.reshape(-1), fresh])
+    keys.sort()
+    sizes = k + counts[touched]
+    first = np.cumsum(sizes) - sizes  # where each touched row begins in the sorted keys
+    values, indices = _unpack(keys[first[:, None] + np.arange(k)])  # (t, k)
+    state.values[row_start + touched] = values
+    state.indices[row_start + touched] = indices
+
+
+def _pack(rows: np.ndarray, values: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    bits = (values + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into +0.0, which compares equal
+    ordered = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+    columns = np.where(indices < 0, NO_COLUMN, indices).astype(np.uint64)
+    return ((rows.astype(np.uint64) << np.uint64(32 + PACKED_COLUMN_BITS))
+            | (ordered << np.uint64(PACKED_COLUMN_BITS)) | columns)
+
+
+def _unpack(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    indices = (keys & np.uint64(NO_COLUMN)).astype(np.int64)
+    indices[indices == NO_COLUMN] = -1
+    ordered = ((keys >> np.uint64(PACKED_COLUMN_BITS)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    bits = np.where(ordered >> 31, ordered & np.uint32(0x7FFFFFFF), ~ordered)
+    return bits.view(np.float32), indices
+
+
+def lexicographic_order(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """(n, w) positions that sort each row by (value, index); padding (+inf, -1) sorts after real entries.
+
+    float32: one unstable (SIMD) argsort of distinct 64-bit keys (order-preserving bits of the value, then the
+    index as unsigned, so -1 ranks last); float64: a two-key lexsort.
+    """
+    if values.dtype == np.float32:
+        bits = (values + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into +0.0, which compares equal
+        ordered = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+        keys = (ordered << np.uint64(32)) | indices.astype(np.uint64) & np.uint64(0xFFFFFFFF)
+        return np.argsort(keys, axis=1)
+    return np.lexsort((indices.astype(np.uint64), values), axis=1)
+
+
+def merge_states(parts: list[TopKState]) -> TopKState:
+    """Exact merge of partial top-k states of the same rows, each computed from its own (disjoint) columns: the
+    k smallest (value, index) pairs of every row's union."""
+    if len(parts) == 1:
+        return parts[0]
+    xp = array_module(parts[0].values)
+    values = xp.concatenate([p.values for p in parts], axis=1)  # (n, P·k)
+    indices = xp.concatenate([p.indices for p in parts], axis=1)
+    k = parts[0].k
+    if xp is np:
+        order = lexicographic_order(values, indices)[:, :k]
+    else:  # CuPy's sorts are stable: by index, then by value
+        by_index = indices.argsort(axis=1)
+        by_value = xp.take_along_axis(values, by_index, axis=1).argsort(axis=1)
+        order = xp.take_along_axis(by_index, by_value, axis=1)[:, :k]
+    return TopKState(values=xp.take_along_axis(values, order, axis=1),
+                     indices=xp.take_along_axis(indices, order, axis=1))
+
+
+def _candidates(block: np.ndarray, threshold: np.ndarray, grouped: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the entries block[r, c] <= threshold[r]; `grouped`: sorted by row, then column.
 
     A transposed view (the symmetric graph pass hands one in) is scanned in its memory order, which avoids a
-    transposing copy of the whole mask, and only the few candidates are re-sorted.
+    transposing copy of the whole mask, and only the few candidates are re-sorted (when `grouped`).
     """
     if block.flags.f_contiguous and not block.flags.c_contiguous:
         base = block.T  # C-contiguous (n_cols, n_rows)
         flat = np.flatnonzero(base <= threshold[None, :])
         cols, rows = np.divmod(flat, base.shape[1])
-        order = np.argsort(rows, kind="stable")  # columns stay ascending within a row
+        if not grouped:
+            return rows, cols
+        # Group by row: a stable sort of small integers is a radix sort (one pass) for 16-bit keys.
+        keys = rows.astype(np.int16) if base.shape[1] <= np.iinfo(np.int16).max else rows
+        order = np.argsort(keys, kind="stable")  # columns stay ascending within a row
         return rows[order], cols[order]
     flat = np.flatnonzero(block <= threshold[:, None])  # row-major: per row, ascending column
     return np.divmod(flat, block.shape[1])

@@ -1,4 +1,4 @@
-"""The sparse V matrix of k-reciprocal re-ranking (REFERENCE §3, steps 5-6) and its inverted index.
+"""The sparse V matrix of k-reciprocal re-ranking (docs/reranking.md, steps 5-6) and its inverted index.
 
 - V[i, j] = exp(-d_norm[i, j]) for j in R*(i), divided by the row sum, where d_norm[i, j] = d[i, j] / colmax[i]
   (the column-max normalisation, then transpose, of step 1; d is symmetric).
@@ -20,13 +20,18 @@ from .graph import NeighbourLists
 GATHER_BYTES = 1 << 26  # feature rows gathered at once for pairs outside the top-k lists
 
 
-def reciprocal_weights(sets: SparseRows, graph: NeighbourLists, features, sq_norms,
-                       metric: str = "sqeuclidean") -> SparseRows:
-    """V: `sets` (R*(i) per row) with values exp(-d_norm) normalised to sum 1 per row."""
+def reciprocal_weights(sets: SparseRows, graph: NeighbourLists, features, sq_norms, metric: str = "sqeuclidean",
+                       first_row: int = 0) -> SparseRows:
+    """V: `sets` (R*(i) per row) with values exp(-d_norm) normalised to sum 1 per row.
+
+    The rows are rows first_row.. of the whole set: `sets` and `graph.indices` / `graph.distances` hold those
+    rows only, `graph.column_max` and `features` all N. Each row's values depend on that row alone.
+    """
     xp = array_module(features)
-    n = graph.indices.shape[0]
-    rows = sets.row_ids()  # (nnz,)
-    dist, found = _lookup(graph, rows * n + sets.indices, n)
+    n_rows, n = sets.n_rows, features.shape[0]
+    local = sets.row_ids()  # (nnz,)
+    rows = local + first_row
+    dist, found = _lookup(graph, local * n + sets.indices, n)
     # Pairs outside row i's kept list (an expansion brought them in): compute them, a bounded batch at a time.
     missing = xp.flatnonzero(~found)
     batch = max(1024, GATHER_BYTES // (2 * features.shape[1] * features.itemsize))
@@ -35,35 +40,40 @@ def reciprocal_weights(sets: SparseRows, graph: NeighbourLists, features, sq_nor
         r, c = rows[sel], sets.indices[sel]
         dist[sel] = pair_distances(features[r], features[c], metric, sq_norms[r], sq_norms[c])
     weights = xp.exp(-(dist / graph.column_max[rows]))
-    sums = xp.bincount(rows, weights=weights, minlength=sets.n_rows)  # float64
-    data = (weights / sums[rows]).astype(features.dtype)
+    sums = xp.bincount(local, weights=weights, minlength=n_rows)  # float64
+    data = (weights / sums[local]).astype(features.dtype)
     return SparseRows(sets.indptr, sets.indices, data)
 
 
 def _lookup(graph: NeighbourLists, keys, n: int):
-    """Distances of the pairs keys = i·n + j that are in row i's kept list, and which ones were found."""
+    """Distances of the pairs keys = i·n + j that are in (local) row i's kept list, and which ones were found."""
     xp = array_module(keys)
-    k = graph.indices.shape[1]
-    edge_keys = (xp.arange(n, dtype=xp.int64)[:, None] * n + graph.indices).reshape(-1)  # (N·K,)
-    order = stable_argsort(edge_keys)
+    n_rows, k = graph.indices.shape
+    edge_keys = (xp.arange(n_rows, dtype=xp.int64)[:, None] * n + graph.indices).reshape(-1)  # (rows·K,) distinct
+    order = stable_argsort(edge_keys)  # keys ascend from row to row: the stable (merge) sort uses those runs
     sorted_keys = edge_keys[order]
-    at = xp.minimum(xp.searchsorted(sorted_keys, keys), n * k - 1)
+    at = xp.minimum(xp.searchsorted(sorted_keys, keys), n_rows * k - 1)
     found = sorted_keys[at] == keys
     return graph.distances.reshape(-1)[order[at]], found  # entries not found hold an arbitrary value
 
 
-def local_query_expansion(v: SparseRows, rank, k2: int, chunk_rows: int = 4096) -> SparseRows:
-    """V_qe[i] = mean of V rows rank[i, :k2] (identity for k2 == 1)."""
+def local_query_expansion(v: SparseRows, rank, k2: int, chunk_rows: int = 4096,
+                          rows: tuple[int, int] | None = None) -> SparseRows:
+    """V_qe[i] = mean of V rows rank[i, :k2] for rows start..stop-1 (default all; identity for k2 == 1).
+
+    `v` holds all N rows. Each output row depends on its neighbours' V rows alone, not on the range or chunks.
+    """
+    first, last = rows or (0, v.n_rows)
     if k2 == 1:
-        return v
+        return v if (first, last) == (0, v.n_rows) else v.rows(first, last)
     xp = array_module(rank)
     n = v.n_rows
     parts = []
-    for start in range(0, n, chunk_rows):
-        stop = min(start + chunk_rows, n)
+    for start in range(first, last, chunk_rows):
+        stop = min(start + chunk_rows, last)
         neighbours = rank[start:stop, :k2].reshape(-1)  # (c·k2,) pair p belongs to local row p // k2
-        first = v.indptr[neighbours]
-        pair, position = expand_segments(first, v.indptr[neighbours + 1] - first)
+        begin = v.indptr[neighbours]
+        pair, position = expand_segments(begin, v.indptr[neighbours + 1] - begin)
         key = (pair // k2) * n + v.indices[position]
         unique_keys, inverse = xp.unique(key, return_inverse=True)
         sums = xp.bincount(inverse.reshape(-1), weights=v.data[position], minlength=unique_keys.shape[0])
@@ -79,7 +89,6 @@ def inverted_index(v: SparseRows, first_row: int, n_cols: int) -> SparseRows:
     lo = int(v.indptr[first_row])
     cols = v.indices[lo:]
     rows = v.row_ids()[lo:] - first_row
-    order = stable_argsort(cols)  # rows stay ascending within each column
+    order = xp.argsort(cols * (v.n_rows - first_row) + rows)  # distinct keys: by column, rows ascending
     lengths = xp.bincount(cols, minlength=n_cols)
     return from_lengths(lengths, rows[order], v.data[lo:][order])
-

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from xfd.kernels.distance import pairwise_distances
-from xfd.kernels.graph import graph_block_pairs, knn_graph, knn_rows
+from xfd.kernels.graph import graph_block_pairs, graph_tiles, knn_graph, knn_rows, merge_lists
 
 
 def _unit(n, d, seed, dtype):
@@ -42,10 +42,27 @@ def test_blocks_smaller_than_k_and_exact_duplicates_tie_to_lower_index():
 
 
 def test_too_tight_bound_is_detected_and_redone_exactly():
-    x = _unit(200, 8, 2, np.float64)
-    graph = knn_graph(x, 11, block_size=50, margin_scale=-1e9)  # bound far below every k-th distance
-    order, _, _ = _dense_topk(x, x, 11, "sqeuclidean")
-    np.testing.assert_array_equal(graph.indices, order)
+    q, g = _unit(40, 8, 2, np.float64), _unit(200, 8, 5, np.float64)
+    lists = knn_rows(q, g, 11, block_size=50, margin_scale=-1e9)  # bound far below every k-th distance
+    order, _, _ = _dense_topk(q, g, 11, "sqeuclidean")
+    np.testing.assert_array_equal(lists.indices, order)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_any_split_of_the_tiles_merges_to_the_same_lists_bit_for_bit(dtype):
+    x = _unit(410, 16, 6, dtype)
+    whole = knn_graph(x, 13, block_size=64)
+    tiles = graph_tiles(410, 64)
+    for parts in (2, 3):
+        pieces = [knn_graph(x, 13, block_size=64, tiles=tiles[r::parts]) for r in range(parts)]
+        merged = merge_lists(pieces)
+        np.testing.assert_array_equal(merged.indices, whole.indices)
+        np.testing.assert_array_equal(merged.distances, whole.distances)
+        np.testing.assert_array_equal(merged.column_max, whole.column_max)
+    threaded = knn_graph(x, 13, block_size=64, workers=3)
+    np.testing.assert_array_equal(threaded.indices, whole.indices)
+    np.testing.assert_array_equal(threaded.distances, whole.distances)
+    np.testing.assert_array_equal(threaded.column_max, whole.column_max)
 
 
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])

@@ -3,7 +3,7 @@
 import numpy as np
 
 from xfd.kernels.csr import from_lengths
-from xfd.kernels.jaccard import blend, min_intersection, min_intersection_numpy
+from xfd.kernels.jaccard import blend, blend_pairs, min_intersection, min_intersection_numpy, shared_pairs
 from xfd.kernels.vmatrix import inverted_index
 
 
@@ -39,3 +39,18 @@ def test_blend_by_hand():
     out = blend(s, d.copy(), np.array([4.0]), lam=0.25)
     # jaccard = 1 - s/(2-s) = [1, 2/3, 0]; d/colmax = [.5, .25, 0]
     np.testing.assert_allclose(out, [[0.75 * 1 + 0.25 * 0.5, 0.75 * (2 / 3) + 0.25 * 0.25, 0.0]])
+
+
+def test_sparse_pairs_and_their_blend_equal_the_dense_forms_bit_for_bit():
+    dense, v = _sparse_rows(90, 90, 0.08, 4)
+    q = 30
+    v = type(v)(v.indptr, v.indices, v.data.astype(np.float32))
+    index = inverted_index(v, q, 90)
+    keys, sums = shared_pairs(v.rows(0, q), index, 60, pairs_per_chunk=50)  # many chunks
+    s = min_intersection_numpy(v.rows(0, q), index, 60)
+    assert np.all(np.diff(keys) > 0) and np.all(sums > 0)
+    np.testing.assert_array_equal(s.reshape(-1)[keys], sums)
+    assert np.count_nonzero(s) == keys.size
+    d = np.random.default_rng(5).random((q, 60)).astype(np.float32) * 3
+    row_max = (np.random.default_rng(6).random(q) + 3).astype(np.float32)
+    np.testing.assert_array_equal(blend_pairs(keys, sums, d.copy(), row_max, 0.28), blend(s, d.copy(), row_max, 0.28))

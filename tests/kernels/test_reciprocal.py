@@ -36,6 +36,7 @@ def _expanded_set(rank, i, k1):
 def test_reciprocal_mask_matches_definition():
     rank = _rank_lists(80, 12, 0)
     mask = reciprocal_mask(rank, 12, chunk_rows=7)
+    np.testing.assert_array_equal(reciprocal_mask(rank, 12, rows=(30, 47)), mask[30:47])
     for i in range(80):
         expected = [i in rank[j, :12] for j in rank[i, :12]]
         assert mask[i].tolist() == expected

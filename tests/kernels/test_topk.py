@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from xfd.kernels.topk import empty_state, is_full, merge_block_numpy
+from xfd.kernels.topk import empty_state, is_full, merge_block_numpy, merge_states
 
 
 def _brute_topk(matrix, k, bound=None):
@@ -43,14 +43,15 @@ def test_merge_equals_full_stable_sort_with_many_ties(dtype, transposed):
     np.testing.assert_array_equal(state.values, values.astype(dtype))
 
 
-def test_bound_excludes_larger_entries_and_short_rows_are_padded():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # float32 merges by packed keys, float64 by a table
+def test_bound_excludes_larger_entries_and_short_rows_are_padded(dtype):
     rng = np.random.default_rng(1)
-    matrix = rng.random((25, 60))
+    matrix = rng.random((25, 60)).astype(dtype)
     bound = np.quantile(matrix, 0.05, axis=1)  # about 3 entries per row, fewer than k
     state = _merge_in_column_blocks(matrix, 8, [13, 47], bound=bound)
     values, indices = _brute_topk(matrix, 8, bound)
     np.testing.assert_array_equal(state.indices, indices)
-    np.testing.assert_array_equal(state.values, values)
+    np.testing.assert_array_equal(state.values, values.astype(dtype))
     assert not is_full(state).any()
 
 
@@ -62,8 +63,27 @@ def test_rows_offset_and_untouched_rows():
     assert (state.indices[[0, 1, 4]] == -1).all() and np.isinf(state.values[[0, 1, 4]]).all()
 
 
-def test_columns_must_arrive_in_increasing_order():
-    state = empty_state(1, 2, np.float64)
-    merge_block_numpy(state, np.array([[1.0, 2.0]]), 0, col_start=5)
-    with pytest.raises(ValueError, match="increasing"):
-        merge_block_numpy(state, np.array([[0.0]]), 0, col_start=3)
+def test_blocks_in_any_order_give_the_same_state():
+    rng = np.random.default_rng(2)
+    matrix = rng.integers(0, 4, size=(30, 80)).astype(np.float32)  # ties everywhere
+    expected = _merge_in_column_blocks(matrix, 7, [20, 20, 20, 20])
+    state = empty_state(30, 7, np.float32)
+    for start in (60, 0, 40, 20):  # columns arriving backwards and out of order
+        merge_block_numpy(state, matrix[:, start : start + 20], 0, start)
+    np.testing.assert_array_equal(state.indices, expected.indices)
+    np.testing.assert_array_equal(state.values, expected.values)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_partial_states_merge_exactly(dtype):
+    rng = np.random.default_rng(3)
+    matrix = rng.integers(0, 9, size=(25, 120)).astype(dtype)
+    whole = _merge_in_column_blocks(matrix, 11, [120])
+    parts = []
+    for columns in (slice(0, 50), slice(50, 51), slice(51, 120)):  # one part holds a single column: short rows
+        part = empty_state(25, 11, dtype)
+        merge_block_numpy(part, matrix[:, columns], 0, columns.start)
+        parts.append(part)
+    merged = merge_states(parts[::-1])
+    np.testing.assert_array_equal(merged.indices, whole.indices)
+    np.testing.assert_array_equal(merged.values, whole.values)
