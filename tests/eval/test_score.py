@@ -58,7 +58,8 @@ def test_one_rule_for_protocols_that_cannot_be_scored(make_features, tmp_path):
     assert results.protocols["A2A"].queries is None and results.protocols["A2A"].metrics is None
     assert results.protocols["U"].queries.top.shape == (12, 10)  # ranked all the same: its submission exists
     assert results.protocols["X"].queries.seen.all()
-    assert len(results.warnings) == 3 and all("left out of the mean" in w for w in results.warnings)
+    assert len(results.warnings) == 3 and results.warnings[-1] == f"protocol U not scored: {reasons['U']}"
+    assert all("left out of the mean" in w for w in results.warnings[:2])
 
     metrics = {n: results.protocols[n].metrics for n in ("A2G", "G2A")}
     assert results.mean.label == "mean of 2 protocols" and results.mean.num_protocols == 2

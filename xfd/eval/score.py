@@ -160,7 +160,8 @@ def score(protocols: Mapping[str, ProtocolData] | Iterable[ProtocolData], option
     pooled = _pooled(scored, options) if scored else None
     conditions = condition_rows({n: protocols[n] for n in scored}, {n: p.queries for n, p in scored.items()},
                                 options.ap_mode, options.bootstrap, options.min_condition_queries)
-    warnings = [f"protocol {name} not scored: {p.reason}; left out of the mean and the pooled figures"
+    warnings = [f"protocol {name} not scored: {p.reason}" + ("; left out of the mean and the pooled figures"
+                                                             if protocols[name].labelled else "")
                 for name, p in outcomes.items() if not p.scored]
     times.statistics += time.perf_counter() - start
     return Results(options.ranking, options, outcomes, mean, pooled, conditions, warnings)

@@ -67,6 +67,10 @@ class SubmissionCase:
     def gallery_names(self) -> frozenset[str]:
         return frozenset(self.gallery)
 
+    @cached_property
+    def query_names(self) -> frozenset[str]:
+        return frozenset(self.queries)
+
     @classmethod
     def from_labels(cls, name: str, q_names, q_pids, q_folder_pids, g_names) -> "SubmissionCase":
         order = query_order(np.asarray(q_names), q_pids, q_folder_pids)
@@ -116,10 +120,10 @@ def write_submission(path: str | Path, protocols: dict[str, ProtocolData], resul
 
 
 def check_submission(path: str | Path, cases: list[SubmissionCase], top: int = 10) -> list[str]:
-    """Every problem of the CSV at `path` against the cases (in submission order), each naming the row; an empty
+    """Every problem of the CSV at `path` against the cases (in submission order), each naming its line; an empty
     list means the file is valid. Checks: the header; row ids 1, 2, ...; every query of every case exactly once,
-    cases in order and queries in their order; min(top, gallery) names a row, each in that case's gallery, none
-    twice."""
+    cases in order and each case's queries in their order; min(top, gallery) names a row, each in that case's
+    gallery, none twice. Rows are matched to cases by their query, so one missing row is one problem."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as handle:
@@ -129,58 +133,79 @@ def check_submission(path: str | Path, cases: list[SubmissionCase], top: int = 1
     problems: list[str] = []
     if not table or tuple(table[0]) != HEADER:
         problems.append(f"line 1: header {table[0] if table else '(empty file)'}, expected {','.join(HEADER)}")
+    expected = sum(len(case.queries) for case in cases)
     rows = table[1:]
-    expected = [(case, query) for case in cases for query in case.queries]
-    if len(rows) != len(expected):
-        problems.append(f"{len(rows)} rows, expected {len(expected)} (one per query: "
+    if len(rows) != expected:
+        problems.append(f"{len(rows)} rows, expected {expected} (one per query: "
                         + ", ".join(f"{c.name} {len(c.queries)}" for c in cases) + ")")
-    seen: dict[tuple[str, str], int] = {}
-    for line, (row, want) in enumerate(zip(rows, expected), start=2):
-        problems += _check_row(line, row, want, top, seen)
-    owner = {query: case.name for case in cases for query in case.queries}
-    for case, query in expected[len(rows):]:
-        problems.append(f"query {query} of {case.name} has no row (the file ends early)")
-    for line, row in enumerate(rows[len(expected):], start=2 + len(expected)):
-        problems.append(f"line {line}: a row beyond the {len(expected)} queries"
-                        + (f" (query {row[1]} of {owner.get(row[1], 'no case')})" if len(row) > 1 else ""))
-    for case in cases:
-        missing = [q for q in case.queries if (case.name, q) not in seen]
-        if missing and len(rows) >= len(expected):
-            problems.append(f"{case.name}: {len(missing)} queries have no row, e.g. {missing[:3]}")
+    current = 0  # the case the rows have reached
+    placed: dict[int, list[tuple[int, str]]] = {i: [] for i in range(len(cases))}  # case -> (line, query)
+    for line, row in enumerate(rows, start=2):
+        if len(row) != len(HEADER):
+            problems.append(f"line {line}: {len(row)} fields, expected {len(HEADER)} ({','.join(HEADER)})")
+            continue
+        row_id, query, gallery = row
+        if row_id.strip() != str(line - 1):
+            problems.append(f"line {line}: row_id {row_id!r}, expected {line - 1} (row ids count from 1 across all "
+                            "cases)")
+        owner = _case_of(cases, query, current)
+        if owner is None:
+            problems.append(f"line {line}: query {query!r} is not a query of any case (" +
+                            ", ".join(c.name for c in cases) + ")")
+            continue
+        if owner < current:
+            problems.append(f"line {line}: query {query} of {cases[owner].name} after rows of "
+                            f"{cases[current].name}: cases come in the order " + ", ".join(CASE_ORDER))
+        current = max(current, owner)
+        placed[owner].append((line, query))
+        problems += _check_gallery(line, gallery, cases[owner], top)
+    for i, case in enumerate(cases):
+        problems += _check_case_rows(case, placed[i], len(rows) < expected)
     if len(problems) > MAX_PROBLEMS:
         problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more problems"]
     return problems
 
 
-def _check_row(line: int, row: list[str], want: tuple[SubmissionCase, str], top: int,
-               seen: dict[tuple[str, str], int]) -> list[str]:
-    case, query = want
-    where = f"line {line}"
-    if len(row) != len(HEADER):
-        return [f"{where}: {len(row)} fields, expected {len(HEADER)} ({','.join(HEADER)})"]
-    row_id, got, gallery = row
+def _case_of(cases: list[SubmissionCase], query: str, current: int) -> int | None:
+    """The case a row's query belongs to: the current one if it has that query, else the first later one, else
+    an earlier one; None for a query of no case."""
+    order = list(range(current, len(cases))) + list(range(current))
+    return next((i for i in order if query in cases[i].query_names), None)
+
+
+def _check_case_rows(case: SubmissionCase, placed: list[tuple[int, str]], short: bool) -> list[str]:
+    """Each query of the case once, in the case's order."""
     problems = []
-    if row_id.strip() != str(line - 1):
-        problems.append(f"{where}: row_id {row_id!r}, expected {line - 1} (row ids count from 1 across all cases)")
-    if got != query:
-        if got in case.queries:
-            earlier = seen.get((case.name, got))
-            problems.append(f"{where}: query {got} " + (f"already has a row (line {earlier})" if earlier else
-                            f"out of order; {case.name}'s queries come by (pid, tracklet name): expected {query}"))
+    first_line: dict[str, int] = {}
+    for line, query in placed:
+        if query in first_line:
+            problems.append(f"line {line}: query {query} already has a row (line {first_line[query]})")
         else:
-            problems.append(f"{where}: query {got!r} is not a query of {case.name} (expected {query}; cases come in "
-                            "the order " + ", ".join(CASE_ORDER) + ")")
-    key = (case.name, got)
-    if got in case.queries and key not in seen:
-        seen[key] = line
+            first_line[query] = line
+    missing = [q for q in case.queries if q not in first_line]
+    if missing:
+        problems.append(f"{case.name}: {len(missing)} queries have no row, e.g. {missing[:3]}"
+                        + (" (the file ends early)" if short and missing == case.queries[-len(missing):] else ""))
+    rank = {q: i for i, q in enumerate(case.queries)}
+    seen = [(line, q) for q, line in sorted(first_line.items(), key=lambda item: item[1])]
+    for (_, before), (line, query) in zip(seen, seen[1:]):
+        if rank[query] < rank[before]:
+            problems.append(f"line {line}: query {query} out of order; {case.name}'s queries come by (pid, tracklet "
+                            f"name): it belongs before {before}")
+            break
+    return problems
+
+
+def _check_gallery(line: int, gallery: str, case: SubmissionCase, top: int) -> list[str]:
+    problems = []
     names = gallery.split(" ")
-    want_count = min(top, len(case.gallery))
-    if len(names) != want_count:
-        problems.append(f"{where}: {len(names)} gallery names, expected {want_count}")
+    want = min(top, len(case.gallery))
+    if len(names) != want:
+        problems.append(f"line {line}: {len(names)} gallery names, expected {want}")
     unknown = [n for n in names if n not in case.gallery_names]
     if unknown:
-        problems.append(f"{where}: {len(unknown)} name(s) not in {case.name}'s gallery, e.g. {unknown[:3]}")
+        problems.append(f"line {line}: {len(unknown)} name(s) not in {case.name}'s gallery, e.g. {unknown[:3]}")
     repeated = sorted(n for n, count in Counter(names).items() if count > 1)
     if repeated:
-        problems.append(f"{where}: gallery name(s) repeated within the row: {repeated[:3]}")
+        problems.append(f"line {line}: gallery name(s) repeated within the row: {repeated[:3]}")
     return problems
