@@ -35,11 +35,21 @@ def _save(fig, path: str | Path) -> None:
 
 
 def plot_cmc(path: str | Path, results: list[Results]) -> bool:
-    """CMC curves of every scored protocol of each ranking (plain solid, re-ranked dashed) in one PNG; returns
-    False (and writes nothing) when no protocol was scored."""
+    """Write cmc_figure as PNG; False (nothing written) when no protocol was scored."""
+    fig = cmc_figure(results)
+    if fig is not None:
+        _save(fig, path)
+    return fig is not None
+
+
+def cmc_figure(results: list[Results]):
+    """CMC curves of every scored protocol of each ranking (plain solid, re-ranked dashed); None when no protocol
+    was scored."""
+    from matplotlib.ticker import MaxNLocator
+
     curves = [(r.ranking, name, p) for r in results for name, p in r.scored.items()]
     if not curves:
-        return False
+        return None
     fig, (ax,) = _figure(7.5, 4.2)
     colours = {}
     for ranking, name, outcome in curves:
@@ -56,21 +66,28 @@ def plot_cmc(path: str | Path, results: list[Results]) -> bool:
     ax.set_ylabel("matching rate (% of queries)")
     ax.set_ylim(0, 100)
     ax.set_xlim(0.5, max(min(c[2].metrics.cmc.shape[0], c[2].num_gallery) for c in curves) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    _save(fig, path)
-    return True
+    return fig
 
 
 def plot_conditions(path: str | Path, results: Results) -> bool:
+    """Write conditions_figure as PNG; False (nothing written) when the results have no such rows."""
+    fig = conditions_figure(results)
+    if fig is not None:
+        _save(fig, path)
+    return fig is not None
+
+
+def conditions_figure(results: Results):
     """mAP against the query's distance and against its altitude, one line per protocol and pooled, each point
-    with its confidence interval; hollow markers for conditions with few queries. False (nothing written) when
-    the results have no such rows."""
+    with its confidence interval; hollow markers for conditions with few queries. None without such rows."""
     panels = [(condition, [r for r in results.conditions if r.condition == condition and r.x is not None])
               for condition in ("distance", "altitude")]
     panels = [(c, rows) for c, rows in panels if rows]
     if not panels:
-        return False
+        return None
     fig, axes = _figure(5.0 * len(panels) + 1.8, 4.0, len(panels))
     level = int(round(100 * results.options.bootstrap.level))
     names = [n for n in results.protocols if any(n in r.cells for _, rows in panels for r in rows)] + [ALL]
@@ -79,14 +96,13 @@ def plot_conditions(path: str | Path, results: Results) -> bool:
             _condition_line(ax, rows, name, f"C{i % 10}" if name != ALL else "black", i - (len(names) - 1) / 2)
         ax.set_title(f"mAP by query {condition}" + (" (re-ranked)" if results.ranking == RERANKED else ""))
         ax.set_xlabel(f"query {'distance to the person' if condition == 'distance' else 'altitude'} (m)")
-        ax.set_ylabel(f"mAP (%), {level}% CI")
+        ax.set_ylabel(f"mAP with its {level}% CI (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     axes[-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
                     title="hollow: few queries", title_fontsize=7)
-    _save(fig, path)
-    return True
+    return fig
 
 
 def _condition_line(ax, rows: list[ConditionRow], name: str, colour: str, offset: float) -> None:

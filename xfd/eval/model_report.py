@@ -112,7 +112,8 @@ def draw_ranklist(output: Path, evaluation: Evaluation, folders: dict[str, tuple
     if not ranked:
         return ["no protocol has both queries and a gallery: no rank list drawn"]
     which = "re-ranked" if final.ranking == RERANKED else "plain cosine distance"
-    title = f"Rank list ({which}): the best {top} gallery tracklets of {len(ranked)} sampled queries"
+    shown = max(len(rows) for rows in ranked.values())
+    title = f"Rank list ({which}): the best {shown} gallery tracklets of {len(ranked)} sampled queries"
     write_ranklist(output / "ranklist.png", ranklist_rows(evaluation.protocols, folders, ranked), title=title)
     return []
 
