@@ -18,8 +18,13 @@ def _readable(fig) -> None:
     renderer = fig.canvas.get_renderer()
     for ax in fig.axes:
         assert ax.get_ylabel().endswith(")") and ax.get_xlabel().endswith(")"), ax.get_title()
-    legend = next(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)
-    assert all(legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1 for ax in fig.axes)
+    legend = next(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None).get_window_extent(renderer)
+    assert all(legend.x0 >= ax.get_window_extent(renderer).x1 for ax in fig.axes)  # covers no curve
+    assert legend.x1 <= fig.bbox.x1 and legend.y0 >= 0  # and is not cut off
+    for ax in fig.axes:  # nor are the axis labels
+        for label in (ax.xaxis.label, ax.yaxis.label, ax.title):
+            box = label.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1, label
 
 
 def test_cmc_stops_at_the_gallery_and_says_re_ranked(tmp_path):

@@ -102,9 +102,12 @@ def _row(condition: str, value: str, x: float | None, parts: dict[str, tuple[_Qu
     for name, (view, rows) in parts.items():
         if rows.size:
             cells[name] = _cell(view.ap[rows], view.hit1[rows], bootstrap, min_queries)
-    ap = np.concatenate([view.ap[rows] for view, rows in parts.values()])
-    hit1 = np.concatenate([view.hit1[rows] for view, rows in parts.values()])
-    cells[ALL] = _cell(ap, hit1, bootstrap, min_queries)
+    if len(cells) == 1:  # one protocol has such queries: pooled, they are the same queries (and resamples)
+        cells[ALL] = next(iter(cells.values()))
+    else:
+        ap = np.concatenate([view.ap[rows] for view, rows in parts.values()])
+        hit1 = np.concatenate([view.hit1[rows] for view, rows in parts.values()])
+        cells[ALL] = _cell(ap, hit1, bootstrap, min_queries)
     return ConditionRow(condition, value, x, cells)
 
 

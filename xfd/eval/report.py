@@ -134,7 +134,7 @@ def results_payload(results: Results, protocols: dict[str, ProtocolData]) -> dic
         "protocol_order": list(results.protocols),  # JSON objects are written with sorted keys
         "mean": _overall_payload(results.mean),
         "pooled": _overall_payload(results.pooled),
-        "conditions": [row.to_dict() for row in results.conditions],
+        "conditions": None if results.conditions is None else [row.to_dict() for row in results.conditions],
         "warnings": list(results.warnings),
     }
 

@@ -58,6 +58,7 @@ class ScoreOptions:
     block_rows: int | None = None
     top: int = DEFAULT_TOP
     bootstrap: BootstrapOptions = BootstrapOptions()
+    conditions: bool = True  # the per-condition rows (a report computes them for its final ranking only)
     min_condition_queries: int = 10
     progress: bool = False
 
@@ -124,7 +125,7 @@ class Results:
     protocols: dict[str, ProtocolScore]
     mean: Overall | None  # None when no protocol could be scored
     pooled: Overall | None
-    conditions: list[ConditionRow]
+    conditions: list[ConditionRow] | None  # None: not asked for (ScoreOptions.conditions)
     warnings: list[str]
 
     @property
@@ -159,7 +160,8 @@ def score(protocols: Mapping[str, ProtocolData] | Iterable[ProtocolData], option
     mean = _mean(scored, options) if scored else None
     pooled = _pooled(scored, options) if scored else None
     conditions = condition_rows({n: protocols[n] for n in scored}, {n: p.queries for n, p in scored.items()},
-                                options.ap_mode, options.bootstrap, options.min_condition_queries)
+                                options.ap_mode, options.bootstrap, options.min_condition_queries) \
+        if options.conditions else None
     warnings = [f"protocol {name} not scored: {p.reason}" + ("; left out of the mean and the pooled figures"
                                                              if protocols[name].labelled else "")
                 for name, p in outcomes.items() if not p.scored]
