@@ -34,6 +34,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/shard.py
 	$(PY) bench/distance.py
 	$(PY) bench/metrics.py
+	$(PY) bench/bootstrap.py
 	$(PY) bench/model.py
 	$(PY) bench/pipeline.py --seconds 10
 	$(PY) bench/train_step.py

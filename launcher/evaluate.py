@@ -3,7 +3,7 @@
     deepspeed --num_gpus 2 launcher/evaluate.py --checkpoint RUN --data SHARDS --output RUN/eval [--rerank]
     python launcher/evaluate.py --checkpoint RUN/model.safetensors --data SHARDS --output RUN/eval [--rerank]
 
-Thin on purpose: the work is in `xfd.cli.evaluate` / `xfd.eval.model_eval` / `xfd.eval.model_report`. Options:
+Thin on purpose: the work is in `xfd.cli.evaluate` / `xfd.eval.shard_protocols` / `xfd.eval.model_report`. Options:
 `python launcher/evaluate.py --help`.
 """
 

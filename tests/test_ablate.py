@@ -1,9 +1,19 @@
-"""xfd-ablate: Table 6's rows are cumulative, one change each; the table reads plain or re-ranked metrics."""
+"""xfd-ablate: Table 6's rows are cumulative, one change each; the table reads plain or re-ranked results, carries
+the mean's interval and marks rows whose change against the row above is significant (paired bootstrap); the
+table across seeds."""
 
 from __future__ import annotations
 
-from xfd.cli.ablate import ablation_table, row_metrics, variants
+import dataclasses
+
+import numpy as np
+import pytest
+
+from xfd.cli.ablate import ablation_table, change_to_above, row_metrics, row_section, seeds_table, variants
 from xfd.config import load_config
+from xfd.eval.report import Evaluation, report_payload
+from xfd.eval.score import ScoreOptions, score
+from xfd.eval.synthetic import reid_features
 
 
 def _as_dict(overrides) -> dict[str, str]:
@@ -32,13 +42,51 @@ def test_every_row_is_a_valid_config_and_full_is_the_config_itself():
     assert baseline.temporal.pooling == "mean" and not baseline.metadata.enabled and baseline.prompts.length == 1
 
 
-def test_row_metrics_and_table_deltas():
-    plain = {"protocols": {"A2G": {"mAP": 0.2}, "G2A": {"mAP": 0.3}}, "mean": {"mAP": 0.25}}
-    report = {**plain, "reranked": {"protocols": {"A2G": {"mAP": 0.4}, "G2A": {"mAP": 0.5}}, "mean": {"mAP": 0.45}}}
-    assert row_metrics(report, reranked=False) == {"A2G": 20.0, "G2A": 30.0, "mean": 25.0}
-    assert row_metrics(report, reranked=True) == {"A2G": 40.0, "G2A": 50.0, "mean": 45.0}
-    table = ablation_table([{"variant": "baseline", "mAP": row_metrics(report, False)},
-                            {"variant": "+ re-ranking", "mAP": row_metrics(report, True)}])
-    lines = table.splitlines()
-    assert lines[0] == "| variant | A2G mAP | G2A mAP | mean mAP | Δ |"
-    assert lines[2].endswith("| 25.00 | +0.00 |") and lines[3] == "| + re-ranking | 40.00 | 50.00 | 45.00 | +20.00 |"
+def _section(noise: float, seed: int = 0) -> dict:
+    """The plain results of a report.json: two protocols of the same 80 queries, features of the given noise."""
+    protocols = {}
+    for name, offset in (("A2G", 0), ("G2A", 1)):
+        data = reid_features(80, 240, 16, 40, noise=noise, seed=seed + offset, name=name)
+        protocols[name] = dataclasses.replace(data, q_names=np.array([f"{name}{i}" for i in range(80)]))
+    results = score(protocols, ScoreOptions(device="cpu"))
+    return report_payload(Evaluation(protocols, {"plain": results}), [], {})["plain"]
+
+
+def test_row_metrics_and_the_change_against_the_row_above():
+    base, same, better = _section(2.6), _section(2.6), _section(1.2)
+    row = row_metrics(base)
+    assert set(row) == {"A2G", "G2A", "mean", "mean_ci"} and row["mean_ci"][0] < row["mean"] < row["mean_ci"][1]
+    assert row["mean"] == 100 * base["mean"]["mAP"]
+    assert row_section({"plain": base, "reranked": better}, reranked=True) is better
+    unchanged = change_to_above(base, same)
+    assert unchanged == {"delta": 0.0, "ci": [0.0, 0.0], "p_value": 1.0, "significant": False}
+    gain = change_to_above(base, better)
+    assert gain["delta"] == pytest.approx(row_metrics(better)["mean"] - row["mean"]) and gain["significant"]
+    assert gain["ci"][0] > 0
+
+
+def test_table_marks_significant_rows():
+    sections = [_section(2.6), _section(2.6), _section(1.2)]
+    rows = [{"variant": name, "mAP": row_metrics(s), "above": change_to_above(sections[i - 1], s) if i else None}
+            for i, (name, s) in enumerate(zip(["baseline", "+ nothing", "+ better features"], sections))]
+    lines = ablation_table(rows).splitlines()
+    assert lines[0] == ("| variant | A2G mAP | G2A mAP | mean mAP (95% CI) | Δ vs baseline | Δ vs row above (95% CI) "
+                        "| p |")
+    assert lines[2].endswith("| +0.00 | – | – |")
+    assert lines[3].endswith("| +0.00 | +0.00 (+0.00, +0.00) | 1.000 |")  # no change, not marked
+    assert " *" in lines[4] and lines[4].startswith("| + better features |")
+    assert "significant (p < 0.05" in lines[-1]
+
+    across = seeds_table([rows, rows]).splitlines()
+    assert across[0] == ("| variant | mean mAP (mean ± sd, 2 seeds) | Δ vs row above (mean ± sd) | significant Δ "
+                         "(seeds) |")
+    assert across[2].endswith("| – | – |") and across[4].endswith("| 2/2 |") and across[3].endswith("| 0/2 |")
+    assert f"{rows[2]['above']['delta']:+.2f} ± 0.00" in across[4]
+
+
+def test_seeds_option():
+    from xfd.cli.ablate import build_parser, main
+
+    assert build_parser().parse_args(["--seeds", "3"]).seeds == 3 and build_parser().parse_args([]).seeds == 1
+    with pytest.raises(SystemExit, match="--seeds must be >= 1"):
+        main(["--seeds", "0"])

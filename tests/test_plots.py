@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from xfd.plots import COLUMNS, CsvScalarLog, plot_training_curves, read_scalar_rows
+from xfd.plots import COLUMNS, CsvScalarLog, plot_training_curves, read_scalar_rows, stage_figure, validation_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -89,3 +89,32 @@ def test_stage_without_training_rows_and_log_without_validation(tmp_path):
     assert [p.name for p in plot_training_curves(only_training.path, tmp_path / "out2")] == ["stage1.png"]
     empty = CsvScalarLog(tmp_path / "empty.csv")
     assert plot_training_curves(empty.path, tmp_path / "out3") == []
+
+
+def _check_readable(fig) -> None:
+    """Every panel: a y-axis label with its unit in parentheses, a legend that lies outside the axes."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        label = ax.get_ylabel()
+        assert "(" in label and label.endswith(")"), label
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert legend.x0 >= ax.get_window_extent(renderer).x1, ax.get_title()  # right of the axes: covers nothing
+
+
+def test_every_panel_has_a_unit_and_a_legend_that_covers_no_curve(tmp_path):
+    log = CsvScalarLog(tmp_path / "scalars.csv")
+    last = _fill(log, 1, epochs=1, steps=3)
+    _fill(log, 2, epochs=3, steps=4, start=last)
+    log.log(2, 2, 3, last + 12, {"speed/tracklets_per_s": 3.5, "speed/frames_per_s": 56.0,
+                                 "speed/data_wait_pct": 12.0, "something/new": 1.0})
+    rows = log.read()
+    training = [r for r in rows if not r["name"].startswith("val/")]
+    fig = stage_figure(2, [r for r in training if r["stage"] == 2])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["stage 2: loss", "stage 2: accuracy", "stage 2: learning rate", "stage 2: throughput",
+                      "stage 2: data wait", "stage 2: other"]
+    _check_readable(fig)
+    validation = validation_figure([r for r in rows if r["name"].startswith("val/")])
+    assert [ax.get_ylabel() for ax in validation.axes] == ["mAP (%)", "rank-1 (%)"]
+    _check_readable(validation)

@@ -4,8 +4,9 @@ The log has the columns `stage,epoch,step,global_step,name,value`; names are `lo
 `lr`, `val/<metric>/<protocol>`, ... `CsvScalarLog` appends and flushes on every write, so a killed run keeps
 what it logged; on resume `truncate_after(global_step)` drops the rows logged after the checkpoint, so the resumed
 run does not log them twice. `plot_training_curves` draws one PNG per stage (loss components, accuracy,
-learning rate) and `validation.png` for `val/*` scalars across epochs. Every file is written atomically.
-Plots use matplotlib's Agg canvas directly: no display and no pyplot global state.
+learning rate, throughput, data wait) and `validation.png` for `val/*` scalars across epochs. Every panel's y-axis
+says what it measures and in which unit; legends sit outside the axes, so they never cover a curve. Every file is
+written atomically. Plots use matplotlib's Agg canvas directly: no display and no pyplot global state.
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ from xfd.atomic import atomic_output
 
 COLUMNS = ("stage", "epoch", "step", "global_step", "name", "value")
 VALIDATION_PREFIX = "val/"
-# Panels of a stage's figure: (title, does this scalar name belong here)
+# Panels of a stage's figure: (title, y-axis label with its unit, does this scalar name belong here)
 PANELS = (
-    ("loss", lambda name: name == "loss" or name.startswith("loss/")),
-    ("accuracy", lambda name: name == "acc" or name.startswith("acc/")),
-    ("learning rate", lambda name: name == "lr" or name.startswith("lr/")),
+    ("loss", "loss (nats; triplet part: feature distance)", lambda name: name == "loss" or name.startswith("loss/")),
+    ("accuracy", "accuracy (fraction of the batch)", lambda name: name == "acc" or name.startswith("acc/")),
+    ("learning rate", "learning rate (per step, no unit)", lambda name: name == "lr" or name.startswith("lr/")),
+    ("throughput", "throughput (per second, log scale)", lambda name: name.startswith("speed/") and
+     name.endswith("_per_s")),
+    ("data wait", "waiting for data (% of step time)", lambda name: name.endswith("_pct")),
 )
+OTHER_LABEL = "value (as logged)"
+# Validation metrics (logged in percent) -> y-axis label
+VALIDATION_LABELS = {"mAP": "mAP (%)", "rank1": "rank-1 (%)", "mINP": "mINP (%)"}
 
 
 def _stage_value(text: str):
@@ -125,47 +132,56 @@ def _new_figure(panels: int):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.5, 2.6 * panels), dpi=110)
+    fig = Figure(figsize=(7.5, 2.6 * panels), dpi=110)
     FigureCanvasAgg(fig)
     return fig, [fig.add_subplot(panels, 1, i + 1) for i in range(panels)]
+
+
+def _legend_outside(ax) -> None:
+    """The legend to the right of the axes: it never covers a curve."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     with atomic_output(path, "wb") as handle:
-        fig.savefig(handle, format="png")
+        fig.savefig(handle, format="png", bbox_inches="tight")  # the legends outside the axes included
     return path
 
 
-def _plot_stage(stage, rows, path: Path) -> Path | None:
-    """One figure per stage: a panel per group of scalars present (loss parts, accuracy, LR, then the rest)."""
+def stage_figure(stage, rows):
+    """The figure of one stage: a panel per group of scalars present (loss parts, accuracy, LR, throughput, data
+    wait, then the rest); None without any scalar."""
     series = _series(rows, "global_step")
     groups, claimed = [], set()
-    for title, belongs in PANELS:
-        names = sorted(n for n in series if belongs(n))
+    for title, label, belongs in PANELS:
+        names = sorted(n for n in series if belongs(n) and n not in claimed)
         if names:
-            groups.append((title, names))
+            groups.append((title, label, names))
             claimed.update(names)
     rest = sorted(set(series) - claimed)
     if rest:
-        groups.append(("other", rest))
+        groups.append(("other", OTHER_LABEL, rest))
     if not groups:
         return None
     fig, axes = _new_figure(len(groups))
-    for ax, (title, names) in zip(axes, groups):
+    for ax, (title, label, names) in zip(axes, groups):
         for name in names:
             xs, values = series[name]
             ax.plot(xs, values, label=name, linewidth=1.0, marker="." if len(xs) < 30 else None)
         ax.set_title(f"stage {stage}: {title}", fontsize=9)
         ax.set_xlabel("global step", fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        _legend_outside(ax)
         if title == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    return _save(fig, path)
+        if title == "throughput" and all(v > 0 for n in names for v in series[n][1]):
+            ax.set_yscale("log")
+    return fig
 
 
-def _plot_validation(rows, path: Path) -> Path:
+def validation_figure(rows):
     """`val/<metric>[/<protocol>]` across epochs: one panel per metric, one line per protocol (and stage)."""
     from matplotlib.ticker import MaxNLocator
 
@@ -182,10 +198,11 @@ def _plot_validation(rows, path: Path) -> Path:
             ax.plot(xs, values, label=label, marker=".", linewidth=1.0)
         ax.set_title(f"validation: {metric}", fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel(VALIDATION_LABELS.get(metric, f"{metric} (as logged)"), fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+        _legend_outside(ax)
+    return fig
 
 
 def plot_training_curves(csv_path: str | Path, out_dir: str | Path) -> list[Path]:
@@ -196,10 +213,10 @@ def plot_training_curves(csv_path: str | Path, out_dir: str | Path) -> list[Path
     written = []
     training = [row for row in rows if not row["name"].startswith(VALIDATION_PREFIX)]
     for stage in sorted({row["stage"] for row in training}, key=_stage_order):
-        path = _plot_stage(stage, [row for row in training if row["stage"] == stage], out_dir / f"stage{stage}.png")
-        if path is not None:
-            written.append(path)
+        fig = stage_figure(stage, [row for row in training if row["stage"] == stage])
+        if fig is not None:
+            written.append(_save(fig, out_dir / f"stage{stage}.png"))
     validation = [row for row in rows if row["name"].startswith(VALIDATION_PREFIX)]
     if validation:
-        written.append(_plot_validation(validation, out_dir / "validation.png"))
+        written.append(_save(validation_figure(validation), out_dir / "validation.png"))
     return written

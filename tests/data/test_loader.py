@@ -14,7 +14,8 @@ import torch
 from xfd.cli.shard import main as shard_main
 from xfd.data.errors import DataError
 from xfd.data.index import ShardIndex
-from xfd.data.loader import TrainLoader, rank_device
+from xfd.data.loader import TrainLoader
+from xfd.distributed import rank_device
 from xfd.config import AugmentConfig
 from xfd.data.pipeline import FramePipeline
 from xfd.data.pk import PKSampler

@@ -1,7 +1,8 @@
 """launcher/evaluate.py's bad input and state, in one process: a protocol with an empty split is reported (table,
-JSON, warning) and left out of the mean instead of crashing the run; a model file whose weights do not fit its
-config is a clear error naming the keys; a plain run gives back the CPU settings it changed; --frames clips
-averages every frame's clips and the report says so."""
+JSON, warning) as not scored and left out of the mean instead of crashing the run; a truncated query or gallery
+shard is a clean error naming it; a model file whose weights do not fit its config is a clear error naming the
+keys; a plain run gives back the CPU settings it changed; --frames clips averages every frame's clips and the
+report says so."""
 
 from __future__ import annotations
 
@@ -46,25 +47,27 @@ def test_an_empty_protocol_is_reported_not_crashed_on(shard_root, tmp_path, caps
             "--k1", "2", "--k2", "2", *OVERRIDES]
     assert evaluate_cli.main(argv) == 0
     captured = capsys.readouterr()
-    assert "warning: protocol A2A is empty (3 query, 0 gallery tracklets)" in captured.err
+    reason = "empty gallery side (3 query, 0 gallery tracklets)"
+    assert f"warning: protocol A2A not scored: {reason}; left out of the mean" in captured.err
 
     report = json.loads((out / "report.json").read_text())  # strict JSON: no NaN
-    for section in (report, report["reranked"]):
+    for section in (report["plain"], report["reranked"]):
         a2a = section["protocols"]["A2A"]
-        assert a2a["empty"] and a2a["num_gallery"] == 0 and a2a["num_queries"] == 3 and a2a["num_valid"] == 0
-        assert a2a["mAP"] is None and a2a["mINP"] is None
-        assert not section["protocols"]["A2G"]["empty"] and section["protocols"]["A2G"]["num_gallery"] == 3
-        assert section["mean"]["num_protocols"] == 2
+        assert a2a == {"scored": False, "reason": reason, "labelled": True, "num_queries": 3, "num_gallery": 0}
+        assert section["protocols"]["A2G"]["scored"] and section["protocols"]["A2G"]["num_gallery"] == 3
+        assert section["mean"]["num_protocols"] == 2 and section["mean"]["label"] == "mean of 2 protocols"
         evaluated = [section["protocols"][p]["mAP"] for p in ("A2G", "G2A")]
         assert section["mean"]["mAP"] == pytest.approx(np.mean(evaluated))
-    assert len(report["warnings"]) == 1 and "A2A" in report["warnings"][0]
+        assert section["pooled"]["num_queries"] == 6
+    assert len(report["warnings"]) == 2 and all("A2A" in w for w in report["warnings"])
+    assert "not a complete submission" in report["warnings"][1]
 
     table = (out / "table.md").read_text()
-    assert table.count("| A2A | 3 | 0 | empty |") == 2 and table.count("**mean of 2**") == 2
-    assert "> warning: protocol A2A is empty" in table
+    assert table.count(f"| A2A | 3 | 0 | not scored: {reason} |") == 2 and table.count("**mean of 2 protocols**") == 2
+    assert "> warning: protocol A2A not scored" in table
     with open(out / "submission.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 6 and {r["case"] for r in rows} == {"A2G", "G2A"}
+    assert len(rows) == 6 and [r["row_id"] for r in rows] == [str(i) for i in range(1, 7)]
     with np.load(out / "features" / "A2A.npz") as a2a:
         assert a2a["q_feats"].shape[0] == 3 and a2a["g_feats"].shape == (0, a2a["q_feats"].shape[1])
     assert (out / "ranklist.png").is_file() and (out / "cmc.png").is_file()
@@ -87,9 +90,24 @@ def test_a_protocol_without_any_tracklet_anywhere_still_gives_a_report(shard_roo
     assert evaluate_cli.main(["--untrained", "--config", "tiny.yaml", "--data", str(root), "--output", str(out),
                               *OVERRIDES]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["mean"] is None and all(p["empty"] for p in report["protocols"].values())
+    assert report["plain"]["mean"] is None and not any(p["scored"] for p in report["plain"]["protocols"].values())
     assert any("no rank list" in w for w in report["warnings"]) and not (out / "ranklist.png").exists()
-    assert (out / "submission.csv").read_text().splitlines() == ["row_id,case,query_tracklet,ranked_gallery_tracklets"]
+    assert not (out / "cmc.png").exists() and "no protocol could be scored" in (out / "table.md").read_text()
+    assert (out / "submission.csv").read_bytes() == b"row_id,query_tracklet,gallery_tracklets\r\n"
+
+
+@pytest.mark.parametrize("side", ["query", "gallery"])
+def test_a_truncated_shard_is_a_clean_error_naming_it(shard_root, tmp_path, capsys, side):
+    root = tmp_path / "shards"
+    shutil.copytree(shard_root, root)
+    shard = root / "case2_ground_to_aerial" / side / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])
+    out = tmp_path / "eval"
+    assert evaluate_cli.main(["--untrained", "--config", "tiny.yaml", "--data", str(root), "--output", str(out),
+                              *OVERRIDES]) == 2
+    err = capsys.readouterr().err
+    assert f"launcher/evaluate.py: error: {shard}: shard has 3000 bytes" in err and "Traceback" not in err
+    assert not (out / "report.json").exists()
 
 
 def test_frames_clips_averages_every_frame_and_says_so(shard_root, tmp_path):

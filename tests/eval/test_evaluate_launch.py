@@ -1,7 +1,7 @@
 """launcher/evaluate.py as users run it, on a small synthetic shard set with the untrained tiny model:
 `deepspeed --num_gpus 2` on CPU (two gloo ranks, each extracting its own shards) gives exactly the features,
-metrics and submission CSV of a plain one-process `python launcher/evaluate.py` (issue 6's first "Done when"),
-and the report files are sane. One launch of each (~30-60 s together on 2 cores), shared by the tests."""
+metrics, intervals and submission CSV of a plain one-process `python launcher/evaluate.py`, its saved features
+re-scored through xfd-eval's path give the same numbers (one API), and the report files are sane. One launch of each (~30-60 s together on 2 cores), shared by the tests."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from PIL import Image
 
 from xfd.cli import shard, synth
 from xfd.cli.demo import free_port
-from xfd.eval.evaluate import EvalOptions, evaluate_protocol
 from xfd.eval.protocol import REQUIRED_KEYS, load_npz
 from xfd.eval.ranklist import RankListLayout
 from xfd.eval.rerank import RerankParams
+from xfd.eval.score import ScoreOptions, score
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))  # the engine tests' launch helpers
 
@@ -70,11 +70,13 @@ def test_two_ranks_give_exactly_the_features_metrics_and_csv_of_one_process(runs
             assert sorted(a.files) == sorted(b.files) and set(REQUIRED_KEYS) <= set(a.files)
             assert a["q_feats"].shape[0] == QUERIES and a["q_names"].shape == (QUERIES,)
             for key in a.files:
-                assert np.array_equal(a[key], b[key]), f"{protocol}: {key} differs between 1 and 2 ranks"
+                same = np.array_equal(a[key], b[key], equal_nan=a[key].dtype.kind == "f")  # NaN: ground's height
+                assert same, f"{protocol}: {key} differs between 1 and 2 ranks"
     first, second = _report(one), _report(two)
-    assert first["protocols"] == second["protocols"] and first["mean"] == second["mean"]
-    assert first["reranked"] == second["reranked"] and first["reranked"] is not None
+    assert first["plain"] == second["plain"] and first["reranked"] == second["reranked"]
+    assert first["reranked"] is not None and first["final"] == "reranked"
     assert (one.output / "submission.csv").read_bytes() == (two.output / "submission.csv").read_bytes()
+    assert (one.output / "per_query.npz").read_bytes() == (two.output / "per_query.npz").read_bytes()
     # the work really was split: each rank extracted some of the 48 tracklets, none twice
     per_rank = second["extraction"]["per_rank"]
     assert [r["rank"] for r in per_rank] == [0, 1] and all(r["tracklets"] > 0 for r in per_rank)
@@ -83,50 +85,64 @@ def test_two_ranks_give_exactly_the_features_metrics_and_csv_of_one_process(runs
 
 
 def test_saved_features_rescore_to_the_reported_metrics(runs):
+    """xfd-eval's path (a features file through `score`) gives the launcher's numbers: one API."""
     report = _report(runs["one"])
-    for protocol in PROTOCOLS:
-        data = load_npz(runs["one"].output / report["features"][protocol], protocol)
-        plain = evaluate_protocol(data).to_dict()
-        reranked = evaluate_protocol(data, EvalOptions(rerank=RerankParams(6, 3, 0.28))).to_dict()
-        extra = {"num_gallery": QUERIES, "empty": False}
-        assert report["protocols"][protocol] == plain | extra
-        assert report["reranked"]["protocols"][protocol] == reranked | extra
+    protocols = {p: load_npz(runs["one"].output / report["features"][p], p) for p in PROTOCOLS}
+    for ranking, rerank in (("plain", None), ("reranked", RerankParams(6, 3, 0.28))):
+        results = score(protocols, ScoreOptions(rerank=rerank))
+        for protocol in PROTOCOLS:
+            entry = report[ranking]["protocols"][protocol]
+            assert {k: v for k, v in entry.items() if k in ("mAP", "mINP", "cmc", "num_valid")} == {
+                k: v for k, v in results.protocols[protocol].metrics.to_dict().items()
+                if k in ("mAP", "mINP", "cmc", "num_valid")}
+            assert entry["ci"]["mAP"] == results.protocols[protocol].intervals["mAP"].to_list()
+        assert report[ranking]["mean"]["mAP"] == results.mean.values["mAP"]
+        assert report[ranking]["pooled"]["mAP"] == results.pooled.values["mAP"]
 
 
 def test_report_files_are_sane(runs):
     out = runs["one"].output
     report = _report(runs["one"])
     for protocol in PROTOCOLS:
-        entry = report["protocols"][protocol]
-        assert entry["num_queries"] == QUERIES and entry["num_gallery"] == QUERIES and not entry["empty"]
+        entry = report["plain"]["protocols"][protocol]
+        assert entry["num_queries"] == QUERIES and entry["num_gallery"] == QUERIES and entry["scored"]
         assert 0.0 < entry["mAP"] <= 1.0 and len(entry["cmc"]) == 50
+        assert len(entry["per_query"]["ap"]) == QUERIES and entry["ci"]["mAP"][0] <= entry["mAP"]
     assert report["warnings"] == [] and report["settings"]["rerank"] == {"k1": 6, "k2": 3, "lambda": 0.28}
     seconds = report["seconds"]
-    for part in ("startup", "load_model", "extraction", "distances", "reranking", "metrics", "report", "total"):
+    for part in ("startup", "load_model", "extraction", "distances", "reranking", "metrics", "statistics", "report",
+                 "total"):
         assert seconds[part] >= 0.0, part
     assert seconds["extraction"] > 0 and seconds["total"] >= seconds["extraction"] + seconds["load_model"]
     assert report["timing"].startswith("timing: ") and report["timing"] in runs["one"].text  # printed
 
     table = (out / "table.md").read_text()
-    assert table.count("| protocol | queries | gallery | mAP | R1 | R5 | R10 | mINP |") == 2  # plain + re-ranked
+    assert table.count("| protocol | queries | gallery | mAP (95% CI) | R1 (95% CI) | R5 | R10 | mINP |") == 2
     assert all(table.count(f"| {p} | {QUERIES} | {QUERIES} |") == 2 for p in PROTOCOLS)
-    assert table.count("**mean of 3**") == 2 and "re-ranking (k1 6, k2 3" in table
+    assert table.count("**mean of 3 protocols**") == 2 and table.count(f"**pooled over {3 * QUERIES} queries**") == 2
+    assert "re-ranking (k1 6, k2 3" in table
     a2g = report["reranked"]["protocols"]["A2G"]
-    assert f"| A2G | 8 | 8 | {100 * a2g['mAP']:.2f} | {100 * a2g['cmc'][0]:.2f} |" in table
+    assert f"| A2G | 8 | 8 | {100 * a2g['mAP']:.2f} ({100 * a2g['ci']['mAP'][0]:.2f}–" in table
+    # per-condition table and picture of the final (re-ranked) results
+    assert "## Per condition (re-ranked)" in table and "| altitude |" in table and "| match session |" in table
+    assert "![mAP by query distance and altitude](conditions.png)" in table
+    conditions = report["reranked"]["conditions"]
+    platform = {row["value"]: row["cells"]["all"]["queries"] for row in conditions if row["condition"] == "platform"}
+    assert platform == {"aerial": 2 * QUERIES, "ground": QUERIES}  # A2G and A2A queries fly, G2A's stand
 
     with open(out / "submission.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == QUERIES * len(PROTOCOLS)
-    assert [r["row_id"] for r in rows] == [str(i) for i in range(len(rows))]
-    assert {r["case"] for r in rows} == set(PROTOCOLS)
-    assert all(len(r["ranked_gallery_tracklets"].split()) == QUERIES for r in rows)
+    assert [r["row_id"] for r in rows] == [str(i) for i in range(1, len(rows) + 1)]
+    assert all(len(r["gallery_tracklets"].split()) == QUERIES for r in rows)  # 10 best, of a gallery of 8
 
-    with Image.open(out / "cmc.png") as cmc:
-        assert cmc.format == "PNG" and cmc.width > 300 and cmc.height > 200
+    for picture in ("cmc.png", "conditions.png"):
+        with Image.open(out / picture) as image:
+            assert image.format == "PNG" and image.width > 300 and image.height > 200
     with Image.open(out / "ranklist.png") as ranklist:
         layout = RankListLayout()
         assert ranklist.format == "PNG"
-        assert ranklist.height == layout.margin + 6 * layout.row_height()  # the default 6 queries
-        assert ranklist.width == layout.gallery_box(0, QUERIES - 1, 4)[2] + layout.margin  # 4 frames, 8 ranked
+        assert ranklist.height == layout.margin + layout.header_height + 6 * layout.row_height()  # 6 queries
+        assert ranklist.width == max(layout.gallery_box(0, QUERIES - 1, 4)[2] + layout.margin, layout.legend_width)
     chosen = report["settings"]["ranklist"]["queries"]
     assert len(chosen) == 6 and {name for name, _ in chosen} == set(PROTOCOLS)

@@ -1,6 +1,6 @@
 """The rank-list picture on constructed cases: border colours by kind (match / wrong / junk, the metrics' junk
-rule), geometry, the seeded query sample, the top-k rankings caught from distance blocks, and frames read back
-from real shards by key."""
+rule; unknown on an unlabelled split), its title and colour legend, geometry, the seeded query sample, the top-k
+rankings kept by scoring, and frames read back from real shards by key."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from PIL import Image
 from xfd.data.index import ShardIndex
 from xfd.eval.metrics import GalleryLabels
 from xfd.eval.protocol import ProtocolData
-from xfd.eval.ranklist import (JUNK, KIND_COLOURS, MATCH, QUERY_COLOUR, WRONG, RankListLayout, RankListRow,
-                               draw_ranklist, write_ranklist)
-from xfd.eval.ranklist_rows import TopKCollector, decode_frame, gallery_kinds, ranklist_rows, sample_queries
+from xfd.eval.ranklist import (JUNK, KIND_COLOURS, MATCH, QUERY_COLOUR, UNKNOWN, WRONG, RankListLayout,
+                               RankListRow, draw_ranklist, write_ranklist)
+from xfd.eval.ranklist_rows import decode_frame, gallery_kinds, ranked_queries, ranklist_rows, sample_queries
+from xfd.eval.score import ScoreOptions, score
 
 from dataset_builders import sharded_detreidx
 
@@ -81,6 +82,7 @@ def test_kinds_follow_the_junk_rule_of_the_metrics():
     # query pid 7 cam 1: rows 0 and 3 are the same pid and camera (junk), row 1 a match, rows 2 and 4 wrong
     assert gallery_kinds(labels, 7, 1, np.array([3, 1, 2, 0, 4])) == [JUNK, MATCH, WRONG, JUNK, WRONG]
     assert gallery_kinds(labels, 5, 1, np.array([0, 1])) == [WRONG, WRONG]  # pid absent from the gallery
+    assert gallery_kinds(None, None, 1, np.array([0, 1])) == [UNKNOWN, UNKNOWN]  # an unlabelled split
 
 
 def test_query_sample_is_seeded_spread_and_bounded():
@@ -95,13 +97,27 @@ def test_query_sample_is_seeded_spread_and_bounded():
     assert len({tuple(sample_queries({"A": 100}, 3, seed=s)) for s in range(5)}) > 1  # the seed matters
 
 
-def test_collector_keeps_the_metrics_order_of_wanted_queries_only():
-    collector = TopKCollector([("A2G", 1), ("A2G", 4)], k=3)
-    block = np.array([[0.5, 0.1, 0.1, 0.9], [0.3, 0.3, 0.2, 0.0]], dtype=np.float32)  # (2, G=4)
-    collector("A2G", np.array([0, 1]), block)  # query 0 is not wanted
-    collector("G2A", np.array([4]), block[:1])  # another protocol's query 4
-    assert list(collector.ranked) == [("A2G", 1)]
-    assert collector.ranked[("A2G", 1)].tolist() == [3, 2, 0]  # 0.0, 0.2, then the 0.3 tie to the lower index
+def test_ranked_queries_keep_the_metrics_order_of_wanted_queries_only():
+    q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    g = np.array([[0.6, 0.8], [0.8, 0.6], [0.8, 0.6], [0.0, 1.0]])  # rows 1 and 2 tie
+    data = ProtocolData("A2G", q, g, np.array([1, 2]), np.array([1, 2, 3, 2]), np.zeros(2), np.ones(4))
+    results = score([data], ScoreOptions(device="cpu", top=3))
+    ranked = ranked_queries(results, [("A2G", 1), ("A2G", 0)], k=3)
+    assert list(ranked) == [("A2G", 1), ("A2G", 0)]
+    assert ranked[("A2G", 1)].tolist() == [3, 0, 1] and ranked[("A2G", 0)].tolist() == [1, 2, 0]  # ties: lower row
+
+
+def test_title_and_legend_of_the_colours():
+    rows = [RankListRow("q", [_frame(5)], [_frame(6), _frame(7)], [MATCH, UNKNOWN], ["1", "2"])]
+    image = draw_ranklist(rows, LAYOUT, title="Rank list (re-ranked)")
+    header = image.crop((0, 0, image.width, LAYOUT.margin + LAYOUT.header_height))
+    colours = {colour for _, colour in header.getcolors(maxcolors=1 << 16)}
+    assert {QUERY_COLOUR, *KIND_COLOURS.values()} <= colours
+    assert any(max(c) < 80 for c in colours)  # dark (anti-aliased) text: the title and the legend
+    only_unknown = draw_ranklist([RankListRow("q", [_frame(5)], [_frame(6)], [UNKNOWN], ["2"])], LAYOUT)
+    header = only_unknown.crop((0, 0, only_unknown.width, LAYOUT.margin + LAYOUT.header_height))
+    assert KIND_COLOURS[MATCH] not in {c for _, c in header.getcolors(maxcolors=1 << 16)}  # no labels, no match key
+    assert LAYOUT.query_box(0, 0)[1] >= LAYOUT.margin + LAYOUT.header_height  # rows below the header
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from xfd.eval.evaluate import EvalOptions, evaluate_protocol
 from xfd.eval.reference import dense_k_reciprocal
 from xfd.eval.distance import pairwise
 from xfd.eval.rerank import RerankParams, k_reciprocal, k_reciprocal_stream
+from xfd.eval.score import ScoreOptions, score
 from xfd.eval.synthetic import reid_features
 
 pytestmark = pytest.mark.gpu
@@ -38,7 +38,7 @@ def test_gpu_plain_distances_and_metrics_equal_cpu():
     np.testing.assert_allclose(pairwise(data.q_feats, data.g_feats, device="cuda"),
                                pairwise(data.q_feats, data.g_feats, device="cpu"), atol=1e-5)
     for rerank in (None, RerankParams()):
-        gpu = evaluate_protocol(data, EvalOptions(rerank=rerank, device="cuda"))
-        cpu = evaluate_protocol(data, EvalOptions(rerank=rerank, device="cpu"))
+        gpu = score([data], ScoreOptions(rerank=rerank, device="cuda")).protocols[data.name].metrics
+        cpu = score([data], ScoreOptions(rerank=rerank, device="cpu")).protocols[data.name].metrics
         # float32 GEMMs of cuBLAS and OpenBLAS round differently: allow a rare swap of two near-tied items
         assert gpu.mAP == pytest.approx(cpu.mAP, abs=2e-3) and gpu.rank(1) == pytest.approx(cpu.rank(1), abs=1e-2)

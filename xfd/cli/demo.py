@@ -86,10 +86,13 @@ def train(args, shards: Path, run: Path) -> float:
 
 
 def compare(untrained: dict, trained: dict) -> tuple[str, bool]:
-    """A per-protocol mAP comparison and whether training beat the untrained model on every protocol."""
+    """A per-protocol mAP comparison of two reports' plain results (report.json["plain"]) and whether training
+    beat the untrained model on every protocol."""
     lines = [f"{'protocol':<12}{'untrained mAP':>15}{'trained mAP':>13}{'gain':>8}"]
     better = True
     for name, metrics in trained["protocols"].items():
+        if metrics.get("scored") is False:
+            continue
         before, after = 100 * untrained["protocols"][name]["mAP"], 100 * metrics["mAP"]
         better &= after > before
         lines.append(f"{name:<12}{before:>15.2f}{after:>13.2f}{after - before:>+8.2f}")
@@ -144,13 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         timings["evaluate trained"] = _step("evaluate the trained model", evaluate_cli.main, [
             "--checkpoint", str(run / "model.safetensors"), "--data", str(shards), "--output", str(run / "eval"),
             "--rerank"])
-        untrained = json.loads((run / "eval-untrained" / "report.json").read_text())
-        trained = json.loads((run / "eval" / "report.json").read_text())
+        untrained = json.loads((run / "eval-untrained" / "report.json").read_text())["plain"]
+        trained = json.loads((run / "eval" / "report.json").read_text())["plain"]
         table, better = compare(untrained, trained)
         print("\n== trained vs untrained (test protocols, no re-ranking)\n" + table)
         if not better:
             print("xfd-demo: WARNING: training did not beat the untrained model on every protocol", flush=True)
-        print(f"\nreport: {run / 'eval'} (table.md, report.json, cmc.png, ranklist.png, submission.csv, features/); "
+        print(f"\nreport: {run / 'eval'} (table.md, report.json, per_query.npz, cmc.png, conditions.png, ranklist.png, "
+              "submission.csv, features/); "
               f"curves: {run / 'plots'}; TensorBoard: tensorboard --logdir {run / 'monitor'}")
     print("\n== demo finished: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
           + f"; total {sum(timings.values()):.1f} s; output in {args.out}")

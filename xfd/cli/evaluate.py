@@ -8,12 +8,14 @@ device or on every rank of a `deepspeed` launch.
 Every rank extracts its shards of each protocol's query and gallery splits (DALI in evaluation mode: evenly
 spaced L = data.num_frames frames a tracklet, or with --frames clips every frame in clips of L with the clips'
 features averaged; flip TTA per eval.flip_tta) and the parts are gathered, so N ranks give exactly the features
-of one process. Rank 0 then saves them (OUTPUT/features/<protocol>.npz, the xfd-eval format), computes
-distances (CuPy on a GPU, NumPy otherwise; --distance-device), with --rerank also exact k-reciprocal re-ranking,
-the metrics, and writes report.json, table.md, cmc.png, ranklist.png and submission.csv (xfd.eval.model_report),
-printing the tables and a one-line timing split. The other ranks leave once the features are gathered: a barrier
-waiting for rank 0's evaluation could outlast the process group's timeout (DeepSpeed's default is 10 minutes) on
-a large gallery. `--checkpoint RUN` (a run folder) picks RUN/model.safetensors. `--local_rank`, which the
+of one process. Rank 0 then saves them (OUTPUT/features/<protocol>.npz, the xfd-eval format), scores them through
+the evaluation API (`xfd.eval.score`: distances on CuPy or NumPy, --distance-device; with --rerank also exact
+k-reciprocal re-ranking; metrics with bootstrap intervals; the mean and the pooled figures; per-condition rows)
+and writes report.json, table.md, per_query.npz, submission.csv, cmc.png, conditions.png and ranklist.png
+(xfd.eval.model_report), printing the tables and a one-line timing split. On an unlabelled split (identities
+unknown) it writes the features, rankings and submission and says that metrics are unavailable. The other ranks
+leave once the features are gathered: a barrier waiting for rank 0's evaluation could outlast the process group's
+timeout (DeepSpeed's default is 10 minutes) on a large gallery. `--checkpoint RUN` (a run folder) picks RUN/model.safetensors. `--local_rank`, which the
 launcher appends, is accepted (ranks come from the environment).
 """
 
@@ -23,15 +25,18 @@ import argparse
 import dataclasses
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from xfd.config import EVAL_FRAMES, load_config
-from xfd.eval.model_eval import extract_protocols, find_protocols
+from xfd.distributed import default_device, gather_objects, launched_as_ranks
+from xfd.eval.bootstrap import BootstrapOptions
 from xfd.eval.model_report import FRAME_SAMPLING, ReportOptions, write_model_report
 from xfd.eval.rerank import RerankParams
-from xfd.eval.runtime import evaluation_context, gather_objects
+from xfd.eval.shard_protocols import extract_protocols, find_protocols
 from xfd.kernels.backend import DEVICES
 
 
@@ -60,11 +65,46 @@ def build_parser() -> argparse.ArgumentParser:
                         help="distances and re-ranking (auto: CuPy on a GPU when present)")
     parser.add_argument("--ranklist-queries", type=int, default=6, help="queries in ranklist.png (default 6)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the rank list's query sample")
-    parser.add_argument("--csv-top", type=int, default=None, metavar="N",
-                        help="gallery names per submission.csv row (default: the whole ranked gallery)")
+    parser.add_argument("--csv-top", type=int, default=10, metavar="N",
+                        help="gallery names per submission.csv row (default: %(default)s, the challenge's)")
+    parser.add_argument("--bootstrap-resamples", type=int, default=1000, metavar="B",
+                        help="resamples of the queries for the 95%% intervals (default: %(default)s)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="with --untrained: config overrides")
     return parser
+
+
+@contextmanager
+def evaluation_context(output: str | Path, device: str | None = None) -> Iterator:
+    """This process's rank, world and device (an `xfd.engine.context.RunContext`) for the duration of an evaluation.
+
+    Under the launcher (RANK / WORLD_SIZE in the environment) torch.distributed starts exactly as in training
+    (`start_distributed`: NCCL on GPUs, gloo on CPU; no DeepSpeed engine, evaluation only needs the process group
+    for gathering features); its group is destroyed on exit. A plain run is a world of one without a process
+    group, on `device` (default CUDA when present). Both use training's CPU numerics (strict MKL reproducibility,
+    plain CPU kernels), so one process gives bit-identical features to N ranks; a plain run puts the previous
+    settings back.
+    """
+    from xfd.engine.context import RunContext, start_distributed, use_reproducible_cpu_numerics
+
+    if launched_as_ranks():
+        if device is not None:
+            raise ValueError(f"--device {device}: under the deepspeed launcher each rank uses its local GPU (or "
+                             "the CPU with DS_ACCELERATOR=cpu); leave --device out")
+        context = start_distributed(output)
+        try:
+            yield context
+        finally:
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+        return
+    chosen = torch.device(device) if device is not None else default_device()
+    restore = use_reproducible_cpu_numerics(cpu=chosen.type == "cpu")
+    try:
+        yield RunContext(rank=0, world_size=1, local_rank=0, local_world_size=1, device=chosen, run_dir=Path(output))
+    finally:
+        restore()
 
 
 def load_model(args):
@@ -113,7 +153,8 @@ def evaluate(args) -> dict | None:
     folders = {p.name: (args.data / p.query, args.data / p.gallery) for p in find_protocols(args.data)}
     options = ReportOptions(rerank=RerankParams(args.k1, args.k2, args.lam) if args.rerank else None,
                             device=args.distance_device, ranklist_queries=args.ranklist_queries,
-                            ranklist_seed=args.seed, csv_top=args.csv_top)
+                            ranklist_seed=args.seed, csv_top=args.csv_top,
+                            bootstrap=BootstrapOptions(args.bootstrap_resamples, args.bootstrap_seed))
     seconds = {"startup": ready - started, "load_model": loaded - ready, "extraction": extracted - loaded}
     payload = write_model_report(args.output, extraction.protocols, folders, options, settings, seconds, per_rank,
                                  started)
@@ -128,12 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.overrides and not args.untrained:
         print("launcher/evaluate.py: key=value overrides apply to --untrained only", file=sys.stderr)
         return 2
-    if args.ranklist_queries < 0 or (args.csv_top is not None and args.csv_top < 1):
-        print("launcher/evaluate.py: --ranklist-queries must be >= 0 and --csv-top >= 1", file=sys.stderr)
+    if args.ranklist_queries < 0 or args.csv_top < 1 or args.bootstrap_resamples < 1:
+        print("launcher/evaluate.py: --ranklist-queries must be >= 0, --csv-top and --bootstrap-resamples >= 1",
+              file=sys.stderr)
         return 2
     try:
         evaluate(args)
-    except (ValueError, FileNotFoundError) as error:  # bad model file, config or data: named in the message
+    except (ValueError, OSError) as error:  # bad model file, config or data (DataError): named in the message
         print(f"launcher/evaluate.py: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -23,6 +23,7 @@ PLATFORM_CODES = {name: code for code, name in enumerate(PLATFORMS)}
 GROUND, AERIAL = PLATFORM_CODES["ground"], PLATFORM_CODES["aerial"]
 BIN_FIELDS = ("altitude", "distance", "angle")  # column order of the (B, 3) meta tensor
 BIN_LIMITS = (ALTITUDE_BINS, DISTANCE_BINS, ANGLE_BINS)  # largest valid bin per column: "no capture metadata"
+UNKNOWN = -1  # an integer code the data does not give (a camid on an unlabelled split); float columns use NaN
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class TrackletCodes:
 
     platform: int
     bins: tuple[int, int, int]  # in BIN_FIELDS order
-    camid: int
+    camid: int  # UNKNOWN where an unlabelled split's frame names give none
     pid: int | None  # None: an unlabelled split
     label: int | None  # training label 0..C-1; None outside training splits
 
@@ -44,8 +45,11 @@ def _integer(value, what: str, where: str, allow_none: bool = False) -> int | No
     return value
 
 
-def encode_tracklet(meta: dict, where: str) -> TrackletCodes:
-    """The codes of one tracklet's metadata; `where` ("shard [key]") names it in errors."""
+def encode_tracklet(meta: dict, where: str, labelled: bool | None = None) -> TrackletCodes:
+    """The codes of one tracklet's metadata; `where` ("shard [key]") names it in errors.
+
+    `labelled` says what the split's manifest says: True, the pid must be an integer; False (an unlabelled split),
+    the pid must be null and a null camid reads as UNKNOWN; None accepts either pid."""
     if meta.get("platform") not in PLATFORM_CODES:
         raise DataError(where, f"unknown platform {meta.get('platform')!r}; expected one of {list(PLATFORMS)}")
     bins = meta.get("bins")
@@ -55,12 +59,19 @@ def encode_tracklet(meta: dict, where: str) -> TrackletCodes:
     for name, value, limit in zip(BIN_FIELDS, values, BIN_LIMITS):
         if not 0 <= value <= limit:
             raise DataError(where, f"bin {name!r} is {value}, outside 0..{limit} (data_shards/README.md, Bins)")
+    if labelled is False and meta.get("pid") is not None:
+        raise DataError(where, f"pid {meta['pid']!r} in a split whose manifest says \"labelled\": false (its samples "
+                               "must have pid null)")
     label = _integer(meta.get("label"), "label", where, allow_none=True)
     if label is not None and label < 0:
         raise DataError(where, f"label must be >= 0, got {label}")
     return TrackletCodes(platform=PLATFORM_CODES[meta["platform"]], bins=values,
-                         camid=_integer(meta.get("camid"), "camid", where),
-                         pid=_integer(meta.get("pid"), "pid", where, allow_none=True), label=label)
+                         camid=_or_unknown(_integer(meta.get("camid"), "camid", where, allow_none=labelled is False)),
+                         pid=_integer(meta.get("pid"), "pid", where, allow_none=labelled is not True), label=label)
+
+
+def _or_unknown(value: int | None) -> int:
+    return UNKNOWN if value is None else value
 
 
 @dataclass
@@ -103,15 +114,16 @@ class Batch:
 
 
 def collate(frames: torch.Tensor, keys: Sequence[str], metas: Sequence[dict], sources: Sequence[str],
-            with_labels: bool) -> Batch:
+            with_labels: bool, labelled: bool | None = None) -> Batch:
     """One batch from decoded frames (B, L, 3, H, W) and the B tracklets' keys, metadata and shard names.
 
-    `with_labels` (training) requires every tracklet's training label; extraction leaves `labels` None. Metadata
+    `with_labels` (training) requires every tracklet's training label; extraction leaves `labels` None.
+    `labelled` as in `encode_tracklet`. Metadata
     tensors are made on the CPU: `Batch.to` moves the whole batch."""
     if not len(keys) == len(metas) == len(sources) == frames.shape[0]:
         raise ValueError(f"collate: {frames.shape[0]} clips of frames for {len(keys)} keys, {len(metas)} metadata "
                          f"and {len(sources)} sources")
-    codes = [encode_tracklet(meta, f"{source} [{key}]") for key, meta, source in zip(keys, metas, sources)]
+    codes = [encode_tracklet(meta, f"{source} [{key}]", labelled) for key, meta, source in zip(keys, metas, sources)]
     labels = None
     if with_labels:
         missing = [f"{source} [{key}]" for key, source, c in zip(keys, sources, codes) if c.label is None]

@@ -47,13 +47,6 @@ from .sampling import restricted_random_indices
 _POLL_SECONDS = 0.1  # how often a blocked producer looks at the stop flag
 
 
-def rank_device(local_rank: int, cuda: bool) -> torch.device:
-    """The device a rank computes and loads on: its node-local GPU `cuda:{local_rank}`, or the CPU."""
-    if local_rank < 0:
-        raise ValueError(f"local rank must be >= 0, got {local_rank}")
-    return torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-
-
 def use_device_in_this_thread(device: torch.device) -> torch.device:
     """Make `device` the calling thread's current device and return the device the thread now reports.
 
@@ -94,7 +87,7 @@ class TrainLoader:
             device = pipeline.device if on_gpu else torch.device("cuda", torch.cuda.current_device())
         if pipeline.device.type == "cuda" and device != pipeline.device:
             raise ValueError(f"the pipeline decodes on {pipeline.device} but the loader was asked for {device}; "
-                             "a rank's loader and pipeline use the same device (rank_device(local_rank, cuda))")
+                             "a rank's loader and pipeline use the same device (xfd.distributed.rank_device(local_rank, cuda))")
         self.index, self.sampler, self.pipeline = index, sampler, pipeline
         self.rank, self.num_frames, self.seed, self.prefetch = rank, num_frames, seed, prefetch
         self.device = device

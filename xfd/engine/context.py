@@ -21,7 +21,7 @@ import torch
 
 from xfd.atomic import write_bytes_atomic, write_json_atomic
 from xfd.config import ExperimentConfig, dump_config
-from xfd.data.loader import rank_device
+from xfd.distributed import launched_as_ranks, rank_device
 from xfd.engine.ops import announce_op_build, use_installation_cache
 
 
@@ -52,11 +52,6 @@ class RunContext:
 
 # Environment variables an MPI launcher (mpirun) sets; DeepSpeed then finds ranks and world through mpi4py.
 _MPI_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
-
-
-def launched_as_ranks() -> bool:
-    """True under `deepspeed` (or torchrun): the launcher set this process's rank and world size."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def start_single_process_group(backend: str) -> None:

@@ -22,7 +22,7 @@ from xfd.engine.common import Run, make_engine, monitor_of, release, take_micro_
 from xfd.engine.objectives import stage1_loss
 from xfd.engine.progress import StageProgress
 from xfd.engine.steps import Position
-from xfd.eval.extract import extract_split, gather_feature_sets
+from xfd.inference import extract_split, gather_feature_sets
 
 IMAGE_CACHE = "stage1_image_features.safetensors"
 

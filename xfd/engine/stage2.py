@@ -20,10 +20,10 @@ from xfd.engine.common import Run, make_engine, monitor_of, release, take_micro_
 from xfd.engine.objectives import stage2_loss
 from xfd.engine.progress import StageProgress
 from xfd.engine.steps import Position
-from xfd.eval.evaluate import EvalOptions
-from xfd.eval.extract import extract_split, gather_feature_sets
 from xfd.eval.heldout import validate
 from xfd.eval.rerank import RerankParams
+from xfd.eval.score import ScoreOptions
+from xfd.inference import extract_split, gather_feature_sets
 from xfd.model import param_groups
 
 
@@ -58,13 +58,10 @@ def run_validation(run: Run, module) -> dict[str, float] | None:
                          rank=0 if shared else ctx.rank, world_size=1 if shared else ctx.world_size,
                          num_threads=cfg.data.dali_threads, progress=False, clips=cfg.eval.frames == "clips")
     features = part if shared else gather_feature_sets(part, ctx.world_size)
-    options = EvalOptions(rerank=RerankParams() if cfg.eval.rerank else None, device="cpu")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        results, mean = validate(features, options)
-    scalars = {f"val/mAP/{name}": 100.0 * r.mAP for name, r in results.items()}
-    scalars.update({f"val/rank1/{name}": 100.0 * r.rank(1) for name, r in results.items()})
-    scalars["val/mAP"] = 100.0 * float(mean["mAP"])
+    results = validate(features, ScoreOptions(rerank=RerankParams() if cfg.eval.rerank else None, device="cpu"))
+    scalars = {f"val/mAP/{name}": 100.0 * p.metrics.mAP for name, p in results.scored.items()}
+    scalars.update({f"val/rank1/{name}": 100.0 * p.metrics.rank(1) for name, p in results.scored.items()})
+    scalars["val/mAP"] = 100.0 * results.mean.values["mAP"]
     return scalars
 
 

@@ -1,6 +1,6 @@
 """Exact ReID ranking metrics (mAP, CMC, mINP) computed per block of queries, without a Q×G index matrix.
 
-Conventions (REFERENCE §2):
+Conventions (docs/protocol.md):
 - Smaller distance ranks first; equal distances rank by lower gallery index.
 - Junk: gallery items with the query's pid AND camid are removed from that query's ranking.
 - Matches: same pid, other camid. A query with no match is skipped and counted (`num_skipped`).
@@ -12,6 +12,12 @@ Conventions (REFERENCE §2):
 
 Why no full sort: only items at or below a query's farthest match can precede a match, so each query sorts just
 those (found with one vectorised comparison per block) and ranks its matches among the valid ones.
+
+Besides the summary (`RankMetrics`) the accumulator keeps per-query values (`QueryScores`: AP, INP, first-match
+rank, every match's gallery row and rank, and the best `top` gallery rows, which the submission and the rank list
+use), so that confidence intervals, per-condition analysis and paired comparisons need no second pass, and so
+that parts scored on different ranks merge exactly (`QueryScores.merge`). An unlabelled protocol (identities
+unknown) keeps only the best rows.
 """
 
 from __future__ import annotations
@@ -87,7 +93,15 @@ class GalleryLabels:
 
 def match_ranks(distances: np.ndarray, matches: np.ndarray, junk: np.ndarray,
                 candidates: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
-    """1-based ranks, among non-junk items, of `matches` in one query's ranking (ascending by distance, index).
+    """1-based ranks, among non-junk items, of `matches` in one query's ranking (ascending by distance, index)."""
+    return ranked_matches(distances, matches, junk, candidates, scratch)[1]
+
+
+def ranked_matches(distances: np.ndarray, matches: np.ndarray, junk: np.ndarray,
+                   candidates: np.ndarray | None = None,
+                   scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(gallery rows of `matches`, their 1-based ranks among non-junk items), best first, in one query's ranking
+    (ascending by distance, then index).
 
     matches, junk: gallery indices. `candidates`: ascending gallery indices of the items with distance <= the
     farthest match's (computed here if not given); nothing beyond them can precede a match. `scratch`: an all-zero
@@ -103,7 +117,8 @@ def match_ranks(distances: np.ndarray, matches: np.ndarray, junk: np.ndarray,
     kind[junk] = 0
     kind[matches] = 0
     valid_position = np.cumsum(kinds != JUNK)  # rank of each item among non-junk items
-    return valid_position[kinds == MATCH]
+    is_match = kinds == MATCH
+    return ordered[is_match].astype(np.int64, copy=False), valid_position[is_match]
 
 
 def order_by_distance(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -119,37 +134,150 @@ def order_by_distance(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return indices[np.argsort(values, kind="stable")]
 
 
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class QueryScores:
+    """Per-query results of one protocol's ranking; a part (one rank's queries) or the whole (`seen` all True)."""
+
+    ap: np.ndarray  # (q,) float64, NaN: no valid match, unlabelled, or not in this part
+    inp: np.ndarray  # (q,) float64, NaN likewise
+    first_match: np.ndarray  # (q,) int64: 1-based rank among valid items of the first match; 0 = none
+    top: np.ndarray  # (q, T) int64: best gallery rows, best first; -1 where the gallery has fewer than T
+    seen: np.ndarray  # (q,) bool: this part holds the query
+    match_rows: tuple = field(repr=False)  # q entries: (m,) gallery rows of the query's matches, best first
+    match_ranks: tuple = field(repr=False)  # q entries: (m,) their 1-based ranks among valid (non-junk) items
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.seen.shape[0])
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(q,) bool: queries with at least one valid match (they count in mAP, CMC and mINP)."""
+        return self.first_match > 0
+
+    def check_complete(self, what: str = "ranking") -> None:
+        if not self.seen.all():
+            missing = np.flatnonzero(~self.seen)
+            raise ValueError(f"{what}: {missing.size} queries were never given distances (first: {int(missing[0])})")
+
+    def metrics(self, max_rank: int = DEFAULT_MAX_RANK, ap_mode: str = "noninterpolated") -> RankMetrics:
+        """The summary over valid queries (NaN metrics when none is valid); every query must have been seen."""
+        self.check_complete()
+        valid = self.valid
+        n_valid = int(valid.sum())
+        hits = np.bincount(np.minimum(self.first_match[valid], max_rank + 1), minlength=max_rank + 2)
+        cmc = np.cumsum(hits[1 : max_rank + 1]) / n_valid if n_valid else np.full(max_rank, np.nan)
+        return RankMetrics(
+            mAP=float(np.mean(self.ap[valid])) if n_valid else float("nan"),
+            mINP=float(np.mean(self.inp[valid])) if n_valid else float("nan"),
+            cmc=cmc, num_queries=self.num_queries, num_valid=n_valid, num_skipped=self.num_queries - n_valid,
+            ap_mode=ap_mode)
+
+    @staticmethod
+    def merge(parts: list["QueryScores"]) -> "QueryScores":
+        """One QueryScores from parts that hold disjoint queries of the same protocol (e.g. one per rank)."""
+        if not parts:
+            raise ValueError("no query scores to merge")
+        shapes = {(p.num_queries, p.top.shape[1]) for p in parts}
+        if len(shapes) > 1:
+            raise ValueError(f"query scores of different protocols or top lengths: {sorted(shapes)}")
+        owner = np.full(parts[0].num_queries, -1)
+        for i, part in enumerate(parts):
+            twice = np.flatnonzero(part.seen & (owner >= 0))
+            if twice.size:
+                raise ValueError(f"query {int(twice[0])} was scored in two parts")
+            owner[part.seen] = i
+
+        def pick(name: str) -> np.ndarray:
+            out = getattr(parts[0], name).copy()
+            for i, part in enumerate(parts[1:], start=1):
+                out[owner == i] = getattr(part, name)[owner == i]
+            return out
+
+        rows = tuple(parts[o].match_rows[q] if o >= 0 else _NO_ROWS for q, o in enumerate(owner.tolist()))
+        ranks = tuple(parts[o].match_ranks[q] if o >= 0 else _NO_ROWS for q, o in enumerate(owner.tolist()))
+        return QueryScores(pick("ap"), pick("inp"), pick("first_match"), pick("top"), owner >= 0, rows, ranks)
+
+
+def best_rows(distances: np.ndarray, k: int) -> np.ndarray:
+    """(b, k) column indices of each row's k smallest values, ordered by (value, index) as the metrics rank them;
+    -1 pads rows when there are fewer than k columns."""
+    b, g = distances.shape
+    out = np.full((b, k), -1, dtype=np.int64)
+    n = min(k, g)
+    if n == 0 or b == 0:
+        return out
+    if n == g:
+        out[:, :n] = np.argsort(distances, axis=1, kind="stable")
+        return out
+    part = np.argpartition(distances, n - 1, axis=1)[:, :n]  # (b, n) the n smallest, in no order
+    kth = np.take_along_axis(distances, part, axis=1).max(axis=1)  # (b,)
+    rows, cols = np.nonzero(distances <= kth[:, None])  # n or more a row (ties at the n-th value)
+    order = np.lexsort((cols, distances[rows, cols], rows))  # by row, then value, then index
+    rows, cols = rows[order], cols[order]
+    starts = np.searchsorted(rows, np.arange(b))  # (b,)
+    out[:, :n] = cols[starts[:, None] + np.arange(n)]
+    return out
+
+
 class RankingAccumulator:
-    """Streaming metrics: feed (query indices, (b, G) distances) blocks in any order, each query exactly once."""
+    """Streaming metrics: feed (query indices, (b, G) distances) blocks in any order, each query at most once.
+
+    `top` > 0 also keeps each query's best `top` gallery rows. `RankingAccumulator.unlabelled(q, g, top)` keeps
+    only those (a split without identities). `queries()` gives the per-query values of the queries seen so far
+    (a part, when the blocks were shared out between ranks); `result()` the summary of a complete pass.
+    """
 
     def __init__(self, q_pids, q_camids, g_pids, g_camids, max_rank: int = DEFAULT_MAX_RANK,
-                 ap_mode: str = "noninterpolated"):
+                 ap_mode: str = "noninterpolated", top: int = 0):
         if ap_mode not in AP_MODES:
             raise ValueError(f"ap_mode must be one of {AP_MODES}, got {ap_mode!r}")
         if max_rank < 1:
             raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-        self.q_pids = check_labels("query pids", q_pids)
-        self.q_camids = check_labels("query camids", q_camids, len(self.q_pids))
-        g_pids = check_labels("gallery pids", g_pids)
-        self.gallery = GalleryLabels(g_pids, check_labels("gallery camids", g_camids, len(g_pids)))
-        if len(self.q_pids) == 0 or len(g_pids) == 0:
-            raise ValueError("metrics need at least one query and one gallery item")
+        if top < 0:
+            raise ValueError(f"top must be >= 0, got {top}")
         self.max_rank = max_rank
         self.ap_mode = ap_mode
-        n = len(self.q_pids)
+        self.top = top
+        if q_pids is None:  # unlabelled: sizes come as the camid arguments' lengths (see `unlabelled`)
+            self.gallery = None
+            n, n_gallery = len(q_camids), len(g_camids)
+        else:
+            self.q_pids = check_labels("query pids", q_pids)
+            self.q_camids = check_labels("query camids", q_camids, len(self.q_pids))
+            g_pids = check_labels("gallery pids", g_pids)
+            self.gallery = GalleryLabels(g_pids, check_labels("gallery camids", g_camids, len(g_pids)))
+            n, n_gallery = len(self.q_pids), len(g_pids)
+        if n == 0 or n_gallery == 0:
+            raise ValueError("metrics need at least one query and one gallery item")
+        self._n_gallery = n_gallery
         self._ap = np.full(n, np.nan)
         self._inp = np.full(n, np.nan)
         self._first_hit = np.zeros(n, dtype=np.int64)  # rank of the first match; 0 = no match (skipped)
+        self._top = np.full((n, top), -1, dtype=np.int64)
         self._seen = np.zeros(n, dtype=bool)
-        self._scratch = np.zeros(len(g_pids), dtype=np.int8)  # match/junk flags, all-zero between queries
+        self._match_rows: list[np.ndarray] = [_NO_ROWS] * n
+        self._match_ranks: list[np.ndarray] = [_NO_ROWS] * n
+        self._scratch = np.zeros(n_gallery, dtype=np.int8)  # match/junk flags, all-zero between queries
+
+    @classmethod
+    def unlabelled(cls, num_queries: int, num_gallery: int, top: int) -> "RankingAccumulator":
+        """An accumulator of best rows only, for a split whose identities are unknown."""
+        return cls(None, np.zeros(num_queries), None, np.zeros(num_gallery), top=top)
+
+    @property
+    def labelled(self) -> bool:
+        return self.gallery is not None
 
     def update(self, query_indices, distances: np.ndarray) -> None:
         query_indices = np.asarray(query_indices, dtype=np.int64)
         distances = np.asarray(distances)
-        n_gallery = self.gallery.pids.shape[0]
-        if distances.shape != (query_indices.shape[0], n_gallery):
+        if distances.shape != (query_indices.shape[0], self._n_gallery):
             raise ValueError(f"distance block has shape {distances.shape}, expected ({query_indices.shape[0]}, "
-                             f"{n_gallery})")
+                             f"{self._n_gallery})")
         if not np.isfinite(distances).all():
             raise ValueError("distance block contains NaN or inf")
         if query_indices.size and (query_indices.min() < 0 or query_indices.max() >= self._seen.size):
@@ -157,20 +285,30 @@ class RankingAccumulator:
         if self._seen[query_indices].any() or np.unique(query_indices).size != query_indices.size:
             raise ValueError("a query was given twice")
         self._seen[query_indices] = True
+        if self.top:
+            self._top[query_indices] = best_rows(distances, self.top)
+        if self.gallery is None:
+            return
         labels = [self.gallery.matches_and_junk(self.q_pids[q], self.q_camids[q]) for q in query_indices]
         farthest = np.array([distances[r, m].max() if m.size else -np.inf for r, (m, _) in enumerate(labels)])
         # One pass over the block: every item that could precede some match of its query.
         flat = np.flatnonzero(distances <= farthest[:, None].astype(distances.dtype))
-        row_bounds = np.searchsorted(flat, np.arange(query_indices.size + 1) * n_gallery)
+        row_bounds = np.searchsorted(flat, np.arange(query_indices.size + 1) * self._n_gallery)
         for r, q in enumerate(query_indices):
             matches, junk = labels[r]
             if matches.size == 0:
                 continue
-            candidates = flat[row_bounds[r] : row_bounds[r + 1]] - r * n_gallery
-            ranks = match_ranks(distances[r], matches, junk, candidates, self._scratch)
+            candidates = flat[row_bounds[r] : row_bounds[r + 1]] - r * self._n_gallery
+            rows, ranks = ranked_matches(distances[r], matches, junk, candidates, self._scratch)
             self._ap[q] = average_precision(ranks, self.ap_mode)
             self._inp[q] = ranks.size / ranks[-1]
             self._first_hit[q] = ranks[0]
+            self._match_rows[q], self._match_ranks[q] = rows, ranks
+
+    def queries(self) -> QueryScores:
+        """Per-query values of the queries given so far (`seen`)."""
+        return QueryScores(self._ap.copy(), self._inp.copy(), self._first_hit.copy(), self._top.copy(),
+                           self._seen.copy(), tuple(self._match_rows), tuple(self._match_ranks))
 
     def scored(self) -> dict:
         """Per-query results of the queries this accumulator has seen (to combine accumulators that saw disjoint
@@ -190,22 +328,9 @@ class RankingAccumulator:
         self._first_hit[queries] = scored["first_hit"]
 
     def result(self) -> RankMetrics:
-        if not self._seen.all():
-            missing = np.flatnonzero(~self._seen)
-            raise ValueError(f"{missing.size} queries were never given distances (first: {int(missing[0])})")
-        valid = self._first_hit > 0
-        n_valid = int(valid.sum())
-        hits = np.bincount(np.minimum(self._first_hit[valid], self.max_rank + 1), minlength=self.max_rank + 2)
-        cmc = np.cumsum(hits[1 : self.max_rank + 1]) / n_valid if n_valid else np.full(self.max_rank, np.nan)
-        return RankMetrics(
-            mAP=float(np.mean(self._ap[valid])) if n_valid else float("nan"),
-            mINP=float(np.mean(self._inp[valid])) if n_valid else float("nan"),
-            cmc=cmc,
-            num_queries=int(self._seen.size),
-            num_valid=n_valid,
-            num_skipped=int(self._seen.size - n_valid),
-            ap_mode=self.ap_mode,
-        )
+        if self.gallery is None:
+            raise ValueError("an unlabelled protocol has no metrics (identities unknown)")
+        return self.queries().metrics(self.max_rank, self.ap_mode)
 
 
 def evaluate_blocks(blocks, q_pids, q_camids, g_pids, g_camids, max_rank: int = DEFAULT_MAX_RANK,

@@ -1,34 +1,33 @@
-"""What rank 0 of `launcher/evaluate.py` does with the gathered features: save them, evaluate them without and
-(optionally) with exact k-reciprocal re-ranking, and write the report into the output folder:
+"""What rank 0 of `launcher/evaluate.py` does with the gathered features: save them, score them without and
+(optionally) with exact k-reciprocal re-ranking (`xfd.eval.score`), and write the report folder with the one report
+writer (`xfd.eval.report`) plus the rank list, which needs the shards:
 
-    features/<protocol>.npz   the xfd-eval features format (xfd.eval.protocol), so `xfd-eval` can re-score them
-    report.json               settings, every metric (plain and re-ranked), warnings, the timing split
-    table.md                  per-protocol tables (A2G / G2A / A2A ... and their mean), plain and re-ranked
-    cmc.png                   CMC curves of every evaluated protocol (and their re-ranked twins)
-    ranklist.png              a seeded sample of queries with their top-k gallery tracklets (xfd.eval.ranklist)
-    submission.csv            the challenge CSV, ranked by the final distances (re-ranked when re-ranking is on)
+    features/<protocol>.npz   the xfd-eval features format (xfd.eval.protocol), with the tracklets' metadata
+    report.json, table.md     every figure (plain and re-ranked) with 95 % intervals, per-query values, the mean
+                              of the protocols and the pooled figures, per-condition rows, warnings, timing split
+    per_query.npz             per-query AP / INP / first-match rank / best gallery rows
+    submission.csv            the challenge CSV of the final ranking (re-ranked when re-ranking is on)
+    cmc.png, conditions.png   CMC curves; mAP against the query's distance and altitude
+    ranklist.png              a seeded sample of queries with their best gallery tracklets (xfd.eval.ranklist)
 
-Distances, re-ranking and metrics are timed apart (`EvalTimes`); every file is written atomically.
+On an unlabelled split (identities unknown) the features, rankings, submission and rank list are written and the
+report says the metrics are unavailable. Distances, re-ranking, metrics and statistics are timed apart.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
-from xfd.atomic import write_bytes_atomic
-from xfd.eval.evaluate import EvalOptions, EvalTimes
-from xfd.eval.model_eval import ProtocolResults, evaluate_protocols, is_empty
+from xfd.eval.bootstrap import BootstrapOptions
 from xfd.eval.protocol import ProtocolData
 from xfd.eval.ranklist import write_ranklist
-from xfd.eval.ranklist_rows import QueryRef, TopKCollector, ranklist_rows, sample_queries
-from xfd.eval.report import markdown_table, plot_cmc, report_payload, submission_csv, write_report
+from xfd.eval.ranklist_rows import QueryRef, ranked_queries, ranklist_rows, sample_queries
+from xfd.eval.report import Evaluation, ReportFiles, write_outputs, write_summaries
 from xfd.eval.rerank import RerankParams
+from xfd.eval.score import PLAIN, RERANKED, EvalTimes, ScoreOptions, score
 from xfd.kernels.backend import resolve_device
 
 FEATURES_DIR = "features"
@@ -45,37 +44,21 @@ class ReportOptions:
     ranklist_queries: int = 6
     ranklist_seed: int = 0
     ranklist_top: int = 10
-    csv_top: int | None = None  # gallery names per CSV row (None: the whole ranking)
+    csv_top: int = 10  # gallery names per CSV row
+    bootstrap: BootstrapOptions = BootstrapOptions()
     progress: bool = False
+
+    def score_options(self, rerank: RerankParams | None) -> ScoreOptions:
+        """Scoring of one ranking; the per-condition rows only for the final one (re-ranked when there is one),
+        which the report's table and picture show."""
+        return ScoreOptions(rerank=rerank, device=self.device, top=max(self.csv_top, self.ranklist_top),
+                            bootstrap=self.bootstrap, conditions=rerank is not None or self.rerank is None,
+                            progress=self.progress)
 
 
 def features_path(output: Path, protocol: str) -> Path:
     """OUTPUT/features/<protocol>.npz, the protocol name made file-safe ("query/gallery" -> "query_gallery")."""
     return output / FEATURES_DIR / (re.sub(r"[^A-Za-z0-9_-]+", "_", protocol) + ".npz")
-
-
-def _json_safe(value):
-    """NaN (an empty protocol's metrics) as null, so report.json is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _results_json(results: ProtocolResults, protocols: dict[str, ProtocolData]) -> dict:
-    payload = report_payload(results.metrics, results.mean, {})
-    for name, entry in payload["protocols"].items():
-        entry["num_gallery"] = int(protocols[name].g_feats.shape[0])
-        entry["empty"] = name in results.empty
-    return {"protocols": payload["protocols"], "mean": payload["mean"]}
-
-
-def _table(title: str, results: ProtocolResults, protocols: dict[str, ProtocolData]) -> str:
-    sizes = {name: int(p.g_feats.shape[0]) for name, p in protocols.items()}
-    return f"## {title}\n\n" + markdown_table(results.metrics, results.mean, sizes, set(results.empty))
 
 
 def _settings_line(settings: dict) -> str:
@@ -96,7 +79,7 @@ def _settings_line(settings: dict) -> str:
 
 def timing_line(seconds: dict, per_rank: list[dict]) -> str:
     """One line: start-up, model loading, extraction (ranks, tracklets/s of all ranks together and of each),
-    distances, re-ranking, metrics, report, total."""
+    distances, re-ranking, metrics, statistics (bootstrap intervals, per-condition rows), report, total."""
     rate = sum(r["tracklets"] for r in per_rank) / seconds["extraction"] if seconds["extraction"] > 0 else 0.0
     each = " / ".join(f"{r['tracklets_per_s']:.1f}" for r in per_rank)
     parts = [f"start-up {seconds['startup']:.2f} s", f"model {seconds['load_model']:.2f} s",
@@ -104,75 +87,38 @@ def timing_line(seconds: dict, per_rank: list[dict]) -> str:
              f"distances {seconds['distances']:.3f} s"]
     if seconds.get("reranking") is not None:
         parts.append(f"re-ranking {seconds['reranking']:.3f} s")
-    parts += [f"metrics {seconds['metrics']:.3f} s", f"report {seconds['report']:.2f} s",
-              f"total {seconds['total']:.2f} s"]
+    parts += [f"metrics {seconds['metrics']:.3f} s", f"statistics {seconds['statistics']:.3f} s",
+              f"report {seconds['report']:.2f} s", f"total {seconds['total']:.2f} s"]
     return "timing: " + ", ".join(parts)
 
 
-@dataclass(frozen=True)
-class Evaluated:
-    """Plain and (optional) re-ranked results, their seconds, and the sampled queries' final top-k rankings."""
-
-    plain: ProtocolResults
-    reranked: ProtocolResults | None
-    plain_times: EvalTimes
-    rerank_times: EvalTimes
-    ranked: dict[QueryRef, np.ndarray]  # (protocol, query row) -> (≤ top,) gallery rows, best first
-
-    def seconds(self, rerank: bool) -> dict:
-        return {"distances": self.plain_times.ranking,
-                "reranking": self.rerank_times.ranking if rerank else None,
-                "metrics": self.plain_times.metrics + self.rerank_times.metrics}
-
-
-def evaluate_and_rank(protocols: dict[str, ProtocolData], options: ReportOptions, csv_path: Path,
-                      wanted: list[QueryRef]) -> Evaluated:
-    """Metrics without and (with options.rerank) with re-ranking; the final distances (re-ranked when on) also
-    write the submission CSV and give the `wanted` queries' top-k rankings."""
-    collector = TopKCollector(wanted, options.ranklist_top)
+def evaluate_protocols(protocols: dict[str, ProtocolData], options: ReportOptions,
+                       settings: dict) -> tuple[Evaluation, dict]:
+    """Scores without and (with options.rerank) with re-ranking; returns them and their seconds (distances,
+    re-ranking, metrics, statistics)."""
     plain_times, rerank_times = EvalTimes(), EvalTimes()
-    with submission_csv(csv_path, options.csv_top) as writer:
-        def final_ranking(name, indices, block):  # (b,) query rows, (b, G) final distances
-            writer.add_block(name, protocols[name].q_names[indices], protocols[name].g_names, block)
-            collector(name, indices, block)
-
-        plain = evaluate_protocols(protocols, EvalOptions(device=options.device, progress=options.progress),
-                                   None if options.rerank else final_ranking, plain_times)
-        reranked = None
-        if options.rerank is not None:
-            reranked = evaluate_protocols(protocols, EvalOptions(rerank=options.rerank, device=options.device,
-                                                                 progress=options.progress),
-                                          final_ranking, rerank_times)
-    return Evaluated(plain, reranked, plain_times, rerank_times, collector.ranked)
+    results = {PLAIN: score(protocols, options.score_options(None), times=plain_times)}
+    if options.rerank is not None:
+        results[RERANKED] = score(protocols, options.score_options(options.rerank), times=rerank_times)
+    seconds = {"distances": plain_times.ranking,
+               "reranking": rerank_times.ranking if options.rerank is not None else None,
+               "metrics": plain_times.metrics + rerank_times.metrics,
+               "statistics": plain_times.statistics + rerank_times.statistics}
+    return Evaluation(protocols, results, settings), seconds
 
 
-def draw_pictures(output: Path, protocols: dict[str, ProtocolData], folders: dict[str, tuple[Path, Path]],
-                  evaluated: Evaluated, want_ranklist: bool) -> list[str]:
-    """cmc.png and ranklist.png (each when there is something to draw); returns warnings."""
-    warnings = []
-    if evaluated.ranked:
-        write_ranklist(output / "ranklist.png", ranklist_rows(protocols, folders, evaluated.ranked))
-    elif want_ranklist:
-        warnings.append("no protocol has both queries and a gallery: no rank list drawn")
-    plain, reranked = evaluated.plain, evaluated.reranked
-    curves = {name: m for name, m in plain.metrics.items() if name not in plain.empty}
-    if reranked is not None:
-        curves.update({f"{name} re-ranked": m for name, m in reranked.metrics.items() if name not in reranked.empty})
-    if curves:
-        plot_cmc(output / "cmc.png", curves)
-    return warnings
-
-
-def table_markdown(settings: dict, protocols: dict[str, ProtocolData], evaluated: Evaluated,
-                   rerank: RerankParams | None, warnings: list[str], timing: str) -> str:
-    """table.md: a header with the settings, the plain and re-ranked tables, warnings, the timing line."""
-    tables = [_table("Without re-ranking", evaluated.plain, protocols)]
-    if evaluated.reranked is not None:
-        tables.append(_table(f"With exact k-reciprocal re-ranking (k1 {rerank.k1}, k2 {rerank.k2}, λ {rerank.lam})",
-                             evaluated.reranked, protocols))
-    notes = "".join(f"\n> warning: {w}\n" for w in warnings)
-    return (f"# Evaluation of {settings.get('model', '?')}\n\n{_settings_line(settings)}\n\n"
-            + "\n\n".join(tables) + "\n" + notes + "\n" + timing + "\n")
+def draw_ranklist(output: Path, evaluation: Evaluation, folders: dict[str, tuple[Path, Path]],
+                  wanted: list[QueryRef], top: int) -> list[str]:
+    """ranklist.png of the final ranking's `wanted` queries; returns warnings (nothing to draw)."""
+    final = evaluation.final
+    ranked = ranked_queries(final, wanted, top)
+    if not ranked:
+        return ["no protocol has both queries and a gallery: no rank list drawn"]
+    which = "re-ranked" if final.ranking == RERANKED else "plain cosine distance"
+    shown = max(len(rows) for rows in ranked.values())
+    title = f"Rank list ({which}): the best {shown} gallery tracklets of {len(ranked)} sampled queries"
+    write_ranklist(output / "ranklist.png", ranklist_rows(evaluation.protocols, folders, ranked), title=title)
+    return []
 
 
 def write_model_report(output: Path, protocols: dict[str, ProtocolData], folders: dict[str, tuple[Path, Path]],
@@ -189,32 +135,28 @@ def write_model_report(output: Path, protocols: dict[str, ProtocolData], folders
     output.mkdir(parents=True, exist_ok=True)
     for name, data in protocols.items():
         data.save_npz(features_path(output, name))
-    wanted = sample_queries({name: 0 if is_empty(p) else int(p.q_feats.shape[0]) for name, p in protocols.items()},
+    wanted = sample_queries({name: p.num_queries if p.num_gallery else 0 for name, p in protocols.items()},
                             options.ranklist_queries, options.ranklist_seed)
-    evaluated = evaluate_and_rank(protocols, options, output / "submission.csv", wanted)
-    warnings = evaluated.plain.warnings() + draw_pictures(output, protocols, folders, evaluated,
-                                                          options.ranklist_queries > 0)
+    rerank = None if options.rerank is None else {"k1": options.rerank.k1, "k2": options.rerank.k2,
+                                                   "lambda": options.rerank.lam}
+    settings = dict(settings, rerank=rerank, distance_device=options.device, csv_top=options.csv_top,
+                    ranklist={"queries": [list(q) for q in wanted], "seed": options.ranklist_seed,
+                              "top": options.ranklist_top, "ranking": "re-ranked" if rerank else "plain"})
+    evaluation, scoring = evaluate_protocols(protocols, options, settings)
+    files = ReportFiles.in_folder(output)
+    written = write_outputs(files, evaluation, options.csv_top)
+    notes = written.warnings
+    if options.ranklist_queries:
+        notes += draw_ranklist(output, evaluation, folders, wanted, options.ranklist_top)
 
-    seconds = dict(seconds, **evaluated.seconds(options.rerank is not None))
-    rerank = None if options.rerank is None else {
-        "k1": options.rerank.k1, "k2": options.rerank.k2, "lambda": options.rerank.lam}
-    payload = {
-        "settings": dict(settings, rerank=rerank, distance_device=options.device,
-                         ranklist={"queries": [list(q) for q in wanted], "seed": options.ranklist_seed,
-                                   "top": options.ranklist_top, "ranking": "re-ranked" if rerank else "plain"}),
-        **_results_json(evaluated.plain, protocols),
-        "reranked": None if evaluated.reranked is None else _results_json(evaluated.reranked, protocols),
-        "warnings": warnings,
-        "extraction": {"tracklets": sum(r["tracklets"] for r in per_rank), "per_rank": per_rank},
-        "features": {name: str(features_path(output, name).relative_to(output)) for name in protocols},
-    }
-    scoring = sum(v for k, v in seconds.items() if k in ("distances", "reranking", "metrics") and v is not None)
-    seconds["report"] = time.perf_counter() - begin - scoring  # features, CSV, pictures, tables
+    seconds = dict(seconds, **scoring)
+    scored = sum(v for v in scoring.values() if v is not None)
+    seconds["report"] = time.perf_counter() - begin - scored  # features, CSV, pictures, tables
     seconds["total"] = time.perf_counter() - started
-    payload["seconds"] = seconds
-    payload["timing"] = timing_line(seconds, per_rank)
-    write_bytes_atomic(output / "table.md",
-                       table_markdown(settings, protocols, evaluated, options.rerank, warnings,
-                                      payload["timing"]).encode())
-    write_report(output / "report.json", _json_safe(payload))
-    return payload
+    timing = timing_line(seconds, per_rank)
+    extra = {"seconds": seconds, "timing": timing,
+             "extraction": {"tracklets": sum(r["tracklets"] for r in per_rank), "per_rank": per_rank},
+             "features": {name: str(features_path(output, name).relative_to(output)) for name in protocols}}
+    return write_summaries(files, evaluation, title=f"Evaluation of {settings.get('model', '?')}",
+                           settings_line=_settings_line(settings), notes=notes, extra=extra, footer=timing,
+                           conditions_picture="conditions.png" if written.pictures.get("conditions") else None)

@@ -1,7 +1,8 @@
 """What the rank-list picture shows: a seeded sample of queries spread over the protocols, their top-k gallery
-tracklets caught from the evaluation's distance blocks, each tracklet's kind under the protocol's junk rule
-(`GalleryLabels.matches_and_junk`, the rule the metrics use), and frames read back from the shards by key
-(`ShardIndex`: a FeatureSet's keys are the shards' sample keys). Drawing: `xfd.eval.ranklist`.
+tracklets as scoring kept them (`QueryScores.top`), each tracklet's kind under the protocol's junk rule
+(`GalleryLabels.matches_and_junk`, the rule the metrics use; "unknown" on an unlabelled split), and frames read
+back from the shards by key (`ShardIndex`; a protocol's keys are the shards' sample keys). Drawing:
+`xfd.eval.ranklist`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from xfd.data.index import ShardIndex
 from xfd.data.sampling import evenly_spaced_indices
 from xfd.eval.metrics import GalleryLabels
 from xfd.eval.protocol import ProtocolData
-from xfd.eval.ranklist import JUNK, MATCH, WRONG, RankListRow
+from xfd.eval.ranklist import JUNK, MATCH, UNKNOWN, WRONG, RankListRow
+from xfd.eval.score import Results
 
 QueryRef = tuple[str, int]  # (protocol name, query row)
 
@@ -37,29 +39,23 @@ def sample_queries(query_counts: dict[str, int], count: int, seed: int) -> list[
     return chosen
 
 
-class TopKCollector:
-    """An `on_block(protocol, query indices, (b, G) distances)` callback keeping the first `k` gallery rows of
-    the wanted queries' rankings, ordered as the metrics order them (distance, then lower gallery index)."""
-
-    def __init__(self, wanted: list[QueryRef], k: int = 10):
-        self.k = k
-        self._wanted: dict[str, set[int]] = {}
-        for name, row in wanted:
-            self._wanted.setdefault(name, set()).add(row)
-        self.ranked: dict[QueryRef, np.ndarray] = {}  # (protocol, query row) -> (≤ k,) gallery rows
-
-    def __call__(self, name: str, indices: np.ndarray, block: np.ndarray) -> None:
-        wanted = self._wanted.get(name)
-        if not wanted:
-            return
-        for r, query in enumerate(np.asarray(indices).tolist()):
-            if query in wanted:
-                order = np.argsort(np.asarray(block[r]), kind="stable")  # (G,) ties to the lower gallery row
-                self.ranked[(name, query)] = order[: self.k]
+def ranked_queries(results: Results, wanted: list[QueryRef], k: int) -> dict[QueryRef, np.ndarray]:
+    """(protocol, query row) -> its first `k` gallery rows, best first, as scoring kept them (the metrics' order:
+    distance, then lower gallery row); queries of protocols that were not ranked are left out."""
+    ranked = {}
+    for name, row in wanted:
+        scores = results.protocols[name].queries
+        if scores is not None:
+            top = scores.top[row, :k]
+            ranked[(name, row)] = top[top >= 0]
+    return ranked
 
 
-def gallery_kinds(labels: GalleryLabels, pid: int, camid: int, ranked: np.ndarray) -> list[str]:
-    """MATCH / WRONG / JUNK for each ranked gallery row, by the metrics' own match and junk rule."""
+def gallery_kinds(labels: GalleryLabels | None, pid: int | None, camid: int, ranked: np.ndarray) -> list[str]:
+    """MATCH / WRONG / JUNK for each ranked gallery row, by the metrics' own match and junk rule; UNKNOWN for all
+    of them without labels (an unlabelled split)."""
+    if labels is None or pid is None:
+        return [UNKNOWN] * len(ranked)
     matches, junk = labels.matches_and_junk(pid, camid)
     matches, junk = set(matches.tolist()), set(junk.tolist())
     return [MATCH if g in matches else JUNK if g in junk else WRONG for g in np.asarray(ranked).tolist()]
@@ -92,7 +88,7 @@ def ranklist_rows(protocols: dict[str, ProtocolData], folders: dict[str, tuple[P
             indexes[folder] = ShardIndex.open(folder)
         return indexes[folder]
 
-    labels = {name: GalleryLabels(p.g_pids, p.g_camids) for name, p in protocols.items()}
+    labels = {name: GalleryLabels(p.g_pids, p.g_camids) if p.labelled else None for name, p in protocols.items()}
     rows = []
     try:
         for (name, q), gallery_rows in ranked.items():
@@ -100,14 +96,18 @@ def ranklist_rows(protocols: dict[str, ProtocolData], folders: dict[str, tuple[P
             if not data.has_names:
                 raise ValueError(f"protocol {name}: the rank list needs tracklet names (q_names, g_names)")
             query_folder, gallery_folder = folders[name]
-            pid, camid = int(data.q_pids[q]), int(data.q_camids[q])
+            q_keys, g_keys = data.keys("q"), data.keys("g")
+            pid = int(data.q_pids[q]) if data.labelled else None
+            camid = int(data.q_camids[q])
             gallery = index_of(gallery_folder)
+            who = f"pid {pid}" if pid is not None else "pid unknown"
             rows.append(RankListRow(
-                title=f"{name}  query {data.q_names[q]}  pid {pid}  cam {camid}",
-                query_frames=tracklet_frames(index_of(query_folder), str(data.q_names[q]), query_frames),
-                gallery_frames=[middle_frame(gallery, str(data.g_names[g])) for g in gallery_rows],
+                title=f"{name}  query {data.q_names[q]}  {who}  cam {camid}",
+                query_frames=tracklet_frames(index_of(query_folder), str(q_keys[q]), query_frames),
+                gallery_frames=[middle_frame(gallery, str(g_keys[g])) for g in gallery_rows],
                 kinds=gallery_kinds(labels[name], pid, camid, gallery_rows),
-                captions=[f"{int(data.g_pids[g])}/c{int(data.g_camids[g])}" for g in gallery_rows],
+                captions=[f"{int(data.g_pids[g])}/c{int(data.g_camids[g])}" if data.labelled
+                          else str(data.g_names[g]) for g in gallery_rows],
             ))
     finally:
         for index in indexes.values():

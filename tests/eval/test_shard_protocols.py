@@ -1,9 +1,11 @@
-"""Evaluating a model file on a shard root: protocol discovery from dataset.json, the evaluate CLI's report files,
-strict loading of model files, and the demo's comparison table."""
+"""Evaluating a model file on a shard root: protocol discovery from dataset.json (a split listed but missing, or
+present but not listed, is an error naming it), the evaluate CLI's report files, strict loading of model files,
+and the demo's comparison table."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ from xfd.cli import evaluate as evaluate_cli
 from xfd.cli.demo import compare
 from xfd.config import dump_config, load_config
 from xfd.engine.checkpoint import load_trained_model, save_model_file
-from xfd.eval.model_eval import find_protocols
+from xfd.data.errors import DataError
+from xfd.eval.shard_protocols import find_protocols
 from xfd.model import build_model
 
 from dataset_builders import sharded_detreidx
@@ -46,10 +49,51 @@ def test_protocols_are_found_in_dataset_json(shard_root):
 
 
 def test_mars_style_and_g2a2_pairs_are_found(tmp_path):
-    (tmp_path / "dataset.json").write_text(json.dumps({"splits": {s: {} for s in (
-        "train", "query", "gallery", "a2g_query", "a2g_gallery")}}))
+    splits = ("train", "query", "gallery", "a2g_query", "a2g_gallery")
+    (tmp_path / "dataset.json").write_text(json.dumps({"splits": {s: {} for s in splits}}))
+    for split in splits[1:]:
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "manifest.json").write_text("{}")
     assert [(p.name, p.query, p.gallery) for p in find_protocols(tmp_path)] == [
         ("a2g", "a2g_query", "a2g_gallery"), ("query/gallery", "query", "gallery")]
+
+
+def _listing(root) -> dict:
+    return json.loads((root / "dataset.json").read_text())
+
+
+def test_a_split_listed_but_missing_is_an_error_naming_it(shard_root, tmp_path):
+    root = tmp_path / "shards"
+    shutil.copytree(shard_root, root)
+    shutil.rmtree(root / "case2_ground_to_aerial" / "gallery")
+    with pytest.raises(DataError, match="split case2_ground_to_aerial/gallery is listed in dataset.json but is not "
+                                        "on disk"):
+        find_protocols(root)
+
+
+def test_a_split_listed_without_its_other_side_is_an_error(shard_root, tmp_path):
+    root = tmp_path / "shards"
+    shutil.copytree(shard_root, root)
+    shutil.rmtree(root / "case3_aerial_to_aerial" / "query")
+    listing = _listing(root)
+    del listing["splits"]["case3_aerial_to_aerial/query"]
+    (root / "dataset.json").write_text(json.dumps(listing))
+    with pytest.raises(DataError, match="split case3_aerial_to_aerial/gallery is listed without its "
+                                        "case3_aerial_to_aerial/query"):
+        find_protocols(root)
+
+
+def test_a_split_present_but_not_listed_is_an_error_naming_it(shard_root, tmp_path):
+    root = tmp_path / "shards"
+    shutil.copytree(shard_root, root)
+    listing = _listing(root)
+    for side in ("query", "gallery"):  # today's behaviour would drop the protocol silently
+        del listing["splits"][f"case1_aerial_to_ground/{side}"]
+    (root / "dataset.json").write_text(json.dumps(listing))
+    with pytest.raises(DataError, match="case1_aerial_to_ground/gallery, case1_aerial_to_ground/query on disk but "
+                                        "not listed") as caught:
+        find_protocols(root)
+    assert caught.value.item == str(root / "case1_aerial_to_ground" / "gallery")
 
 
 def test_model_files_round_trip_strictly(model_file):
@@ -76,11 +120,11 @@ def test_evaluate_cli_writes_the_report(model_file, shard_root, tmp_path, capsys
     out = tmp_path / "eval"
     assert evaluate_cli.main(["--checkpoint", str(path), "--data", str(shard_root), "--output", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert set(report["protocols"]) == {"A2G", "G2A", "A2A"}
-    for metrics in report["protocols"].values():
+    assert set(report["plain"]["protocols"]) == {"A2G", "G2A", "A2A"} and report["final"] == "plain"
+    for metrics in report["plain"]["protocols"].values():
         assert metrics["num_queries"] == 3 and 0.0 < metrics["mAP"] <= 1.0
     assert (out / "cmc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "A2G" in (out / "table.md").read_text() and "mean of 3" in capsys.readouterr().out
+    assert "A2G" in (out / "table.md").read_text() and "mean of 3 protocols" in capsys.readouterr().out
 
 
 def test_demo_comparison_requires_a_gain_on_every_protocol():

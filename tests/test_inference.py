@@ -1,5 +1,6 @@
-"""Feature extraction from real shards: labels and order, padding of the last batch, 1 rank ≡ 2 ranks (in one
-process and as two gloo processes), dense clips averaged, error cases, and held-out validation end to end."""
+"""Feature extraction from real shards: labels, metadata columns and order, padding of the last batch, 1 rank ≡ 2
+ranks (in one process and as two gloo processes), dense clips averaged, unlabelled splits, error cases (truncated
+shards, non-integer pids), and held-out validation end to end."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import json
 import os
 import subprocess
 import sys
+import shutil
 import textwrap
-import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +22,12 @@ from xfd.data.errors import DataError
 from xfd.data.pipeline import FramePipeline
 from xfd.data.shard import ShardOptions, shard_dataset
 from xfd.data.stream import StreamOptions, tracklet_stream
-from xfd.eval.extract import FeatureSet, extract_split, gather_feature_sets
 from xfd.eval.heldout import validate
+from xfd.inference import TRACKLET_COLUMNS, UNKNOWN, FeatureSet, extract_split, gather_feature_sets
 from xfd.model import build_model
 
 from dataset_builders import write_detreidx
+from unlabelled_shards import anonymise
 
 OVERRIDES = ["model.num_classes=2", "model.backbone.image_size=[32,16]"]
 IMAGE_SIZE = (32, 16)
@@ -89,6 +92,12 @@ def test_features_are_normalised_labelled_in_key_order_and_mode_is_restored(mode
     # capture-point camid rule: ground 0..9, aerial 10 + capture point
     assert out.platform.dtype == np.int8 and out.platform.tolist() == [int(c >= 10) for c in out.camids]
     assert sorted(np.bincount(out.platform).tolist()) == [2 * VAL_IDS, 2 * VAL_IDS]
+    # the tracklets' metadata travels with the features
+    assert set(out.meta) == set(TRACKLET_COLUMNS) and out.names == out.keys
+    aerial, ground = out.platform == 1, out.platform == 0
+    assert set(out.meta["height"][aerial].tolist()) == {5.8, 30.0} and np.isnan(out.meta["height"][ground]).all()
+    assert set(out.meta["angle"][aerial].tolist()) == {30.0, 60.0} and (out.meta["angle_bin"][ground] == 3).all()
+    assert (out.meta["session"] == 1).all() and (out.meta["folder_pid"] == out.pids).all()
 
 
 def test_padded_last_batch_equals_batches_of_one(model, val_split):
@@ -150,7 +159,7 @@ _RANK_SCRIPT = textwrap.dedent("""
     import numpy as np, torch, torch.distributed as dist
     from xfd.config import load_config
     from xfd.model import build_model
-    from xfd.eval.extract import extract_split, gather_feature_sets
+    from xfd.inference import extract_split, gather_feature_sets
     rank, world, folder, weights, init, out = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
@@ -223,13 +232,12 @@ def test_nan_features_are_an_error_naming_the_tracklets(val_split):
 
 def test_heldout_validation_of_extracted_features(model, val_split):
     features = _extract(model, val_split)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # every protocol is evaluable: no warning
-        results, mean = validate(features)
-    assert sorted(results) == ["A2A", "A2G", "G2A"] and mean["num_protocols"] == 3
-    for name, metrics in results.items():
-        assert metrics.num_queries == 2 * VAL_IDS and metrics.num_skipped == 0, name
-        assert 0 < metrics.mAP <= 1
+    results = validate(features)
+    assert results.warnings == []  # every protocol is evaluable
+    assert sorted(results.scored) == ["A2A", "A2G", "G2A"] and results.mean.num_protocols == 3
+    for name, outcome in results.protocols.items():
+        assert outcome.metrics.num_queries == 2 * VAL_IDS and outcome.metrics.num_skipped == 0, name
+        assert 0 < outcome.metrics.mAP <= 1
 
 
 def test_empty_split_is_an_error_naming_the_folder(model, tmp_path):
@@ -239,3 +247,69 @@ def test_empty_split_is_an_error_naming_the_folder(model, tmp_path):
     with pytest.raises(DataError, match="empty") as caught:
         _extract(model, folder)
     assert str(folder) in caught.value.item
+
+
+def _rewrite_sample(folder: Path, key: str, change) -> None:
+    """Rewrite one sample's JSON in its shard (sizes may change: the manifest's byte count follows)."""
+    import io
+    import tarfile
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = next(e for e in manifest["shards"] if key in e["keys"])
+    path = folder / entry["name"]
+    out = io.BytesIO()
+    with tarfile.open(path) as src, tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst:
+        for info in src:
+            data = src.extractfile(info).read()
+            if info.name == f"{key}.json":
+                data = json.dumps(change(json.loads(data))).encode()
+                info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    path.write_bytes(out.getvalue())
+    entry["bytes"] = len(out.getvalue())
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("pid", ["7", 7.5, None, True])
+def test_a_pid_that_is_not_an_integer_is_an_error_naming_shard_and_tracklet(model, val_split, tmp_path, pid):
+    folder = tmp_path / "val"
+    shutil.copytree(val_split, folder)
+    key = json.loads((folder / "manifest.json").read_text())["shards"][1]["keys"][2]
+    _rewrite_sample(folder, key, lambda meta: dict(meta, pid=pid))
+    with pytest.raises(DataError, match=f"pid must be an integer, got {pid!r}") as caught:
+        _extract(model, folder)
+    assert caught.value.item.endswith(f"shard-000001.tar [{key}]")
+
+
+def test_a_truncated_shard_is_an_error_naming_it(model, val_split, tmp_path):
+    folder = tmp_path / "val"
+    shutil.copytree(val_split, folder)
+    shard = folder / "shard-000001.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated") as caught:
+        _extract(model, folder)
+    assert caught.value.item == str(shard)
+    parts = [_extract(model, folder, rank=r, world_size=2) for r in (0,)]  # a rank without the shard is unaffected
+    assert len(parts[0]) == 7
+
+
+def test_an_unlabelled_split_gives_features_without_pids(model, val_split, tmp_path):
+    root = tmp_path / "root"
+    (root / "case9_x").mkdir(parents=True)
+    shutil.copytree(val_split, root / "case9_x" / "query")
+    (root / "dataset.json").write_text(json.dumps({"splits": {"case9_x/query": {"path": "case9_x/query"}}}))
+    renamed = anonymise(root, tmp_path / "anonymous")
+    labelled = _extract(model, val_split)
+    unlabelled = _extract(model, tmp_path / "anonymous" / "case9_x" / "query")
+    assert not unlabelled.labelled and unlabelled.pids is None and len(unlabelled) == len(labelled)
+    assert unlabelled.names == unlabelled.keys == sorted(renamed[k] for k in labelled.keys)
+    assert (unlabelled.meta["folder_pid"] == UNKNOWN).all()
+    order = [unlabelled.keys.index(renamed[k]) for k in labelled.keys]
+    np.testing.assert_allclose(unlabelled.features[order], labelled.features, atol=1e-6)
+    np.testing.assert_array_equal(unlabelled.camids[order], labelled.camids)
+    folder = tmp_path / "anonymous" / "case9_x" / "query"
+    key = unlabelled.keys[3]
+    _rewrite_sample(folder, key, lambda meta: dict(meta, pid=12))
+    with pytest.raises(DataError, match='pid 12 in a split whose manifest says "labelled": false'):
+        _extract(model, folder)
