@@ -87,7 +87,7 @@ def capture_point_index(angle_deg: float, height_m: float, distance_m: float) ->
 class DetReIDXFrame:
     """What one DetReIDX frame name says."""
 
-    pid: int
+    pid: int | None  # None: an unlabelled split's name whose first field is not a number
     platform: str
     height: float
     distance: float
@@ -116,13 +116,19 @@ def _parse_float(text: str, what: str, item: str) -> float:
     return value
 
 
-def parse_detreidx_frame(file_name: str) -> DetReIDXFrame:
-    """Parse a DetReIDX frame file name; raise DataError naming the file if it does not fit the format."""
+def parse_detreidx_frame(file_name: str, require_pid: bool = True) -> DetReIDXFrame:
+    """Parse a DetReIDX frame file name; raise DataError naming the file if it does not fit the format.
+
+    `require_pid=False` (unlabelled splits, whose identities are hidden) accepts any first field and gives pid
+    None when it is not a number; every other field is parsed as usual."""
     stem = file_name.rsplit(".", 1)[0]
     fields = tuple(stem.split("_"))
-    if not fields[0].isdigit():
+    if fields[0].isdigit():
+        pid = int(fields[0])
+    elif require_pid:
         raise DataError(file_name, f"frame name must start with the numeric PID, got {fields[0]!r}")
-    pid = int(fields[0])
+    else:
+        pid = None
     sessions = [int(m.group(1)) for f in fields if (m := _SESSION_FIELD.match(f))]
     session = sessions[-1] if sessions else None
     if len(fields) >= 9:

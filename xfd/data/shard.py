@@ -1,38 +1,53 @@
 """Writing WebDataset shard sets of tracklets (`xfd-shard`).
 
 One sample per tracklet: `<key>.json` (metadata) then `<key>.0000.jpg …` (frame JPEG bytes, copied, never
-re-encoded unless a resize is asked). Shards are planned up front from file sizes, so the same input always
-gives the same shards; each is written to a temporary name, hashed while written, and renamed. The manifest
-is rewritten (atomically) after every finished shard, so `--resume` after a kill skips every shard whose file
-still matches its recorded sha256 and plan, and ends with the same bytes as an uninterrupted run.
+re-encoded unless a resize is asked). The run has four steps, the middle two and the last spread over the worker
+processes: discover the tracklets (folder listings, name parsing), stat the frames to keep (sizes, links), plan
+the shards from those sizes (so the same input always gives the same shards), and write each shard to a
+temporary name, hashed while written, then renamed. The manifest is rewritten (atomically) after every finished
+shard, so `--resume` after a kill skips every shard whose file still matches its recorded sha256 and plan, and
+ends with the same bytes as an uninterrupted run.
+
+Safety of the output folder: OUT may not be, contain or lie inside the source dataset, and `--overwrite` or
+`--resume` act only on a folder xfd-shard wrote (its `dataset.json` or the `.xfd-shard` marker written first
+thing); `--overwrite` then deletes only the files xfd-shard writes.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import io
 import json
 import os
-import re
-import shutil
-import tarfile
+import stat
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm import tqdm
 
 from .. import __version__
 from ..atomic import atomic_output, remove_temporaries, write_json_atomic
-from ..parallel import worker_results
+from ..parallel import worker_pool
 from .errors import DataError, SkipLog
 from .jpeg import check_jpeg_structure
-from .layouts import Tracklet, assign_train_labels, discover, hold_out_val
+from .layouts import StoredFrames, Tracklet, assign_train_labels, discover, hold_out_val
+from .manifest import (  # noqa: F401  (names re-exported for readers of shard sets)
+    DATASET_INDEX_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    SHARD_NAME,
+    read_json,
+    read_manifest,
+    shard_path,
+)
 from .sampling import evenly_spaced_indices
 
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-DATASET_INDEX_NAME = "dataset.json"
-SHARD_NAME = re.compile(r"^shard-\d{6}\.tar$")
+OUTPUT_MARKER = ".xfd-shard"
+TRAINING_SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,8 @@ class ShardOptions:
     val_ids: int = 0
     val_seed: int = 0
     on_error: str = "raise"
+    unlabelled: bool = False  # query/gallery splits are anonymised: pid unknown, any tracklet folder names
+    follow_symlinks: bool = False  # read links that lead out of the source dataset (recorded in the manifest)
 
     def __post_init__(self):
         if self.max_frames < 0:
@@ -64,6 +81,53 @@ class ShardOptions:
         values["resize"] = list(self.resize) if self.resize else None
         return values
 
+    def labelled(self, split: str) -> bool:
+        """Training splits always carry identities; the others unless the run shards them `unlabelled`."""
+        return split in TRAINING_SPLITS or not self.unlabelled
+
+
+class UnsafeOutputError(ValueError):
+    """OUT is, contains or lies inside the source, or holds something xfd-shard did not write."""
+
+
+class DiskFullError(OSError):
+    """The output disk filled up; the message says what was being written and how to resume."""
+
+    def __init__(self, path: str):
+        super().__init__(errno.ENOSPC, f"disk full while writing {path}: its temporary file was removed and every "
+                                       "finished shard is kept; free some space (or pick another OUT) and run the "
+                                       "same command again with --resume")
+        self.path = path
+
+    def __reduce__(self):
+        return DiskFullError, (self.path,)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+@contextmanager
+def _disk_full_named(path: Path):
+    """Turn ENOSPC while writing `path` into a DiskFullError naming it."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno == errno.ENOSPC and not isinstance(error, DiskFullError):
+            raise DiskFullError(str(path)) from None
+        raise
+
+
+class PlannedSample(NamedTuple):
+    """What writing one sample needs (and no more: planned shards are sent to the worker processes)."""
+
+    key: str
+    pid: int | None
+    camid: int | None
+    unknown: tuple[str, ...]
+    meta_json: bytes
+    paths: list[str]  # the stored frames, in order
+    sizes: list[int]  # their sizes when planned
+
 
 @dataclass
 class PlannedShard:
@@ -71,7 +135,7 @@ class PlannedShard:
 
     split: str
     index: int
-    samples: list[tuple[Tracklet, list[int], bytes]] = field(default_factory=list)  # (tracklet, frame idx, json)
+    samples: list[PlannedSample] = field(default_factory=list)
     estimated_bytes: int = 0
     fingerprint: str = ""
 
@@ -80,7 +144,7 @@ class PlannedShard:
         return f"shard-{self.index:06d}.tar"
 
 
-# ---------------------------------------------------------------- planning
+# ---------------------------------------------------------------- frames to keep, and their sizes
 
 def stored_frame_indices(num_frames: int, max_frames: int) -> list[int]:
     """Frames kept in the shard: all of them, or `max_frames` evenly spaced ones."""
@@ -88,6 +152,49 @@ def stored_frame_indices(num_frames: int, max_frames: int) -> list[int]:
         return list(range(num_frames))
     return evenly_spaced_indices(num_frames, max_frames)
 
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+def _inspect_frames(tracklet: Tracklet, max_frames: int, root: str, real_root: str,
+                    follow: bool) -> Tracklet | DataError:
+    """Choose and stat the frames the shard will keep (set as `tracklet.stored`), refusing links that lead out
+    of the dataset unless `follow` (then recording them). Runs in the workers, right after discovery."""
+    indices = stored_frame_indices(len(tracklet.frame_paths), max_frames)
+    paths = [tracklet.frame_paths[i] for i in indices]
+    links = []
+
+    def check_link(path: str, what: str) -> None:
+        resolved = os.path.realpath(path)
+        if not _inside(resolved, real_root):
+            if not follow:
+                raise DataError(path, f"{what} is a symbolic link (or inside one) leading out of the dataset to "
+                                      f"{resolved}; pass --follow-symlinks to read it")
+            links.append((os.path.relpath(path, root), resolved))
+
+    try:
+        for folder in sorted({os.path.dirname(p) for p in paths}):
+            check_link(folder, "folder")
+        stats = []
+        for path in paths:
+            try:
+                status = os.lstat(path)
+                if stat.S_ISLNK(status.st_mode):
+                    check_link(path, "frame")
+                    status = os.stat(path)
+            except OSError as error:
+                raise DataError(path, f"frame cannot be read ({error.strerror or error})") from None
+            if not stat.S_ISREG(status.st_mode):
+                raise DataError(path, "frame is not a regular file")
+            stats.append((status.st_size, status.st_mtime_ns))
+    except DataError as error:
+        return error
+    tracklet.stored = StoredFrames(indices, stats, links)
+    return tracklet
+
+
+# ---------------------------------------------------------------- planning
 
 def sample_metadata(tracklet: Tracklet, split: str, layout: str, indices: list[int]) -> dict:
     """The `<key>.json` of a sample (schema in data_shards/README.md)."""
@@ -100,7 +207,7 @@ def sample_metadata(tracklet: Tracklet, split: str, layout: str, indices: list[i
         "label": tracklet.label,
         "camid": tracklet.camid,
         "platform": tracklet.platform,
-        "frame_names": [tracklet.frame_paths[i].name for i in indices],
+        "frame_names": [os.path.basename(tracklet.frame_paths[i]) for i in indices],
         "frame_indices": indices,
         "num_source_frames": len(tracklet.frame_paths),
     }
@@ -112,29 +219,25 @@ def _encode_json(meta: dict) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
 
-def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: ShardOptions,
-               skips: SkipLog) -> list[PlannedShard]:
-    """Group a split's tracklets (in key order) into shards by size and/or sample count."""
+def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: ShardOptions) -> list[PlannedShard]:
+    """Group a split's tracklets (in key order; their `stored` frames known) into shards by size and/or count."""
     limit_bytes = int(options.shard_size_mb * 1024 * 1024)
     shards: list[PlannedShard] = []
     current = PlannedShard(split, 0)
     for tracklet in sorted(tracklets, key=lambda t: t.key):
-        indices = stored_frame_indices(len(tracklet.frame_paths), options.max_frames)
-        try:
-            stats = [_stat(tracklet.frame_paths[i]) for i in indices]
-        except DataError as error:
-            skips.handle(error, split)
-            continue
-        meta_json = _encode_json(sample_metadata(tracklet, split, layout, indices))
-        size = sum(s[0] for s in stats) + 512 * (len(indices) + 2) + len(meta_json)
+        stored = tracklet.stored
+        meta_json = _encode_json(sample_metadata(tracklet, split, layout, stored.indices))
+        sizes = [size for size, _ in stored.stats]
+        size = sum(sizes) + 512 * (len(sizes) + 2) + len(meta_json)
         full_by_count = options.shard_samples is not None and len(current.samples) >= options.shard_samples
         full_by_size = current.samples and current.estimated_bytes + size > limit_bytes
         if full_by_count or full_by_size:
             shards.append(current)
             current = PlannedShard(split, len(shards))
-        current.samples.append((tracklet, indices, meta_json))
+        current.samples.append(PlannedSample(tracklet.key, tracklet.pid, tracklet.camid, tracklet.unknown, meta_json,
+                                             [tracklet.frame_paths[i] for i in stored.indices], sizes))
         current.estimated_bytes += size
-        _update_fingerprint(current, meta_json, stats)
+        _update_fingerprint(current, meta_json, stored.stats)
     if current.samples:
         shards.append(current)
     for shard in shards:
@@ -142,14 +245,6 @@ def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: Shar
             (shard.fingerprint + json.dumps(options.as_manifest(), sort_keys=True)).encode()
         ).hexdigest()
     return shards
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    try:
-        status = path.stat()
-    except OSError as error:
-        raise DataError(str(path), f"frame cannot be read ({error.strerror or error})") from error
-    return status.st_size, status.st_mtime_ns
 
 
 def _update_fingerprint(shard: PlannedShard, meta_json: bytes, stats: list[tuple[int, int]]) -> None:
@@ -161,29 +256,20 @@ def _update_fingerprint(shard: PlannedShard, meta_json: bytes, stats: list[tuple
 
 # ---------------------------------------------------------------- writing one shard
 
-class _HashingWriter:
-    """File wrapper that hashes and counts what tarfile writes through it."""
-
-    def __init__(self, raw):
-        self.raw, self.digest, self.position = raw, hashlib.sha256(), 0
-
-    def write(self, data) -> int:
-        self.raw.write(data)
-        self.digest.update(data)
-        self.position += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.position
-
-
-def _read_frame(path: Path, options: ShardOptions) -> bytes:
+def _read_frame(path: str, planned_size: int, options: ShardOptions) -> bytes:
+    """The frame's bytes (one open, one read, one close), structure-checked; re-encoded with `--resize`."""
     try:
-        with open(path, "rb", buffering=0) as handle:
-            data = handle.readall()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = os.read(fd, planned_size + 1)
+        finally:
+            os.close(fd)
     except OSError as error:
-        raise DataError(str(path), f"frame cannot be read ({error.strerror or error})") from error
-    check_jpeg_structure(data, str(path))
+        raise DataError(path, f"frame cannot be read ({error.strerror or error})") from None
+    if len(data) != planned_size:
+        raise DataError(path, f"frame changed while sharding ({planned_size} bytes when planned, "
+                                   f"{len(data)}{'+' if len(data) > planned_size else ''} now); run again")
+    check_jpeg_structure(data, path)
     if options.resize is None:
         return data
     from PIL import Image
@@ -193,14 +279,27 @@ def _read_frame(path: Path, options: ShardOptions) -> bytes:
             height, width = options.resize
             resized = image.convert("RGB").resize((width, height), Image.BICUBIC)
     except OSError as error:
-        raise DataError(str(path), f"JPEG does not decode ({error})") from error
+        raise DataError(path, f"JPEG does not decode ({error})") from error
     out = io.BytesIO()
     resized.save(out, format="JPEG", quality=options.resize_quality)
     return out.getvalue()
 
 
-def _member(name: str, size: int) -> tarfile.TarInfo:
-    """A tar header with every field fixed, so equal content gives equal bytes."""
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tar's default blocking factor: archives end on a 10240-byte boundary
+# ustar header of a regular file with every field fixed but name and size: mode 0644, uid/gid 0, mtime 0, type
+# '0', no link name, magic "ustar\0" + version "00", empty owner names, no device numbers, no prefix.
+_HEADER_BEFORE_SIZE = b"%07o\0" % 0o644 + b"%07o\0" % 0 + b"%07o\0" % 0
+_HEADER_AFTER_SIZE = b"%011o\0" % 0
+_HEADER_TAIL = b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 247
+_CHECKSUM_CONSTANT = sum(_HEADER_BEFORE_SIZE) + sum(_HEADER_AFTER_SIZE) + 8 * 32 + sum(_HEADER_TAIL)
+_ZEROS = bytes(2 * _RECORD)
+
+
+def _member(name: str, size: int):
+    """tarfile's TarInfo with the same fixed fields (the reference `ustar_header` is tested against)."""
+    import tarfile
+
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = size, 0, 0o644
     info.uid = info.gid = 0
@@ -208,87 +307,84 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-# ustar header of a regular file with the fixed fields of `_member`: name (100), mode, uid, gid, size, mtime,
-# checksum, type '0', link name, magic "ustar\0" + version "00", empty owner names, device numbers, prefix.
-_HEADER_BEFORE_SIZE = b"%07o\0" % 0o644 + b"%07o\0" % 0 + b"%07o\0" % 0
-_HEADER_AFTER_SIZE = b"%011o\0" % 0
-
-
 def ustar_header(name: str, size: int) -> bytes:
-    """The 512-byte header tarfile writes for `_member(name, size)` in USTAR format, built directly.
+    """The 512-byte USTAR header tarfile writes for `_member(name, size)`, built directly.
 
     tarfile's general header code costs more than reading the frame itself; shards have millions of
     members, so the fixed-field header is assembled here (a test checks it equals tarfile's byte for byte).
     """
     encoded = name.encode("ascii")
     if len(encoded) > 100 or size >= 8 ** 11:
+        import tarfile
+
         return _member(name, size).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
-    head = encoded.ljust(100, b"\0") + _HEADER_BEFORE_SIZE + b"%011o\0" % size + _HEADER_AFTER_SIZE
-    tail = b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 247
-    checksum = sum(head) + 8 * 32 + sum(tail)
-    return head + b"%06o\0 " % checksum + tail
+    size_field = b"%011o\0" % size
+    checksum = _CHECKSUM_CONSTANT + sum(encoded) + sum(size_field)
+    return b"".join((encoded, _ZEROS[: 100 - len(encoded)], _HEADER_BEFORE_SIZE, size_field, _HEADER_AFTER_SIZE,
+                     b"%06o\0 " % checksum, _HEADER_TAIL))
 
 
-def sample_members(tracklet: Tracklet, indices: list[int], meta_json: bytes, options: ShardOptions):
-    """The tar members of one sample: (name, bytes), json first, then frames in order."""
-    frames = [_read_frame(tracklet.frame_paths[i], options) for i in indices]
-    width = max(4, len(str(len(frames) - 1)))
-    members = [(f"{tracklet.key}.json", meta_json)]
-    members += [(f"{tracklet.key}.{j:0{width}d}.jpg", data) for j, data in enumerate(frames)]
-    return members
+def sample_bytes(sample: PlannedSample, options: ShardOptions) -> bytes:
+    """The tar members of one sample, json first, then the frames in order, as one block of bytes."""
+    width = max(4, len(str(len(sample.paths) - 1)))
+    names = [f"{sample.key}.json"] + [f"{sample.key}.{j:0{width}d}.jpg" for j in range(len(sample.paths))]
+    contents = [sample.meta_json] + [_read_frame(path, size, options) for path, size in zip(sample.paths, sample.sizes)]
+    parts: list[bytes] = []
+    append = parts.append
+    for name, data in zip(names, contents):  # once per frame of the whole dataset: kept lean
+        append(ustar_header(name, len(data)))
+        append(data)
+        remainder = len(data) % _BLOCK
+        if remainder:
+            append(_ZEROS[: _BLOCK - remainder])
+    return b"".join(parts)
 
 
-def _append_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    """What `tar.addfile(_member(name, len(data)), BytesIO(data))` does, with the header built directly."""
-    tar.fileobj.write(ustar_header(name, len(data)))
-    tar.fileobj.write(data)
-    remainder = len(data) % tarfile.BLOCKSIZE
-    if remainder:
-        tar.fileobj.write(b"\0" * (tarfile.BLOCKSIZE - remainder))
-    tar.offset += tarfile.BLOCKSIZE + len(data) + (tarfile.BLOCKSIZE - remainder if remainder else 0)
-
-
-def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions) -> dict:
+def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions, root: str | None = None) -> dict:
     """Write one planned shard atomically; return its manifest entry (+ skip records under `skip`)."""
-    skips = SkipLog(options.on_error)
-    keys, pids, camids, frame_counts = [], [], [], []
-    with atomic_output(folder / shard.name) as raw:
-        writer = _HashingWriter(raw)
-        with tarfile.open(fileobj=writer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for tracklet, indices, meta_json in shard.samples:
-                try:
-                    members = sample_members(tracklet, indices, meta_json, options)
-                except DataError as error:
-                    skips.handle(error, shard.split)
-                    continue
-                for name, data in members:
-                    _append_member(tar, name, data)
-                keys.append(tracklet.key)
-                pids.append(tracklet.pid)
-                camids.append(tracklet.camid)
-                frame_counts.append(len(indices))
+    skips = SkipLog(options.on_error, root=root)
+    written: list[PlannedSample] = []
+    digest, size = hashlib.sha256(), 0
+    path = folder / shard.name
+    with _disk_full_named(path), atomic_output(path) as raw:
+        for sample in shard.samples:
+            try:
+                data = sample_bytes(sample, options)
+            except DataError as error:
+                skips.handle(error, shard.split)
+                continue
+            raw.write(data)
+            digest.update(data)
+            size += len(data)
+            written.append(sample)
+        end = _ZEROS[: 2 * _BLOCK + (-(size + 2 * _BLOCK)) % _RECORD]  # two zero blocks, then a full record
+        raw.write(end)
+        digest.update(end)
+        size += len(end)
+    unknown: dict[str, int] = {}
+    for sample in written:
+        for what in sample.unknown:
+            unknown[what] = unknown.get(what, 0) + 1
     return {
         "name": shard.name,
-        "sha256": writer.digest.hexdigest(),
-        "bytes": writer.position,
-        "samples": len(keys),
-        "frames": sum(frame_counts),
-        "keys": keys,
-        "pids": pids,
-        "camids": camids,
-        "frame_counts": frame_counts,
+        "sha256": digest.hexdigest(),
+        "bytes": size,
+        "samples": len(written),
+        "frames": sum(len(sample.paths) for sample in written),
+        "keys": [sample.key for sample in written],
+        "pids": [sample.pid for sample in written],
+        "camids": [sample.camid for sample in written],
+        "frame_counts": [len(sample.paths) for sample in written],
         "fingerprint": shard.fingerprint,
         "skipped": skips.skipped,
+        "unknown": dict(sorted(unknown.items())),
     }
 
 
 def _write_shard_task(task) -> tuple[str, dict]:
-    """Pool entry point: (split, manifest entry), or (split, {"error": ...}) to re-raise in the parent."""
-    shard, folder, options = task
-    try:
-        return shard.split, write_shard(shard, folder, options)
-    except DataError as error:  # under the raise policy: hand the error back to the parent intact
-        return shard.split, {"error": (error.item, error.rule)}
+    """Pool entry point: (split, manifest entry); errors cross the pool as themselves (DataError pickles)."""
+    shard, folder, options, root = task
+    return shard.split, write_shard(shard, folder, options, root)
 
 
 def sha256_of_file(path: Path) -> str:
@@ -306,14 +402,19 @@ def split_folder(out: Path, split: str) -> Path:
 
 
 def build_manifest(split: str, layout: str, options: ShardOptions, entries: list[dict], skipped: list[dict],
-                   num_classes: int | None, complete: bool) -> dict:
+                   num_classes: int | None, complete: bool, links: list[tuple[str, str]] = ()) -> dict:
     """Manifest of one shard set: per-shard records plus totals (schema in data_shards/README.md)."""
     entries = sorted(entries, key=lambda e: e["name"])
-    pids = sorted({p for e in entries for p in e["pids"]})
+    labelled = options.labelled(split)
+    pids = sorted({p for e in entries for p in e["pids"] if p is not None})
     camera_counts: dict[str, int] = {}
+    unknown: dict[str, int] = {}
     for entry in entries:
         for camid in entry["camids"]:
-            camera_counts[str(camid)] = camera_counts.get(str(camid), 0) + 1
+            if camid is not None:
+                camera_counts[str(camid)] = camera_counts.get(str(camid), 0) + 1
+        for what, count in entry.get("unknown", {}).items():
+            unknown[what] = unknown.get(what, 0) + count
     frame_counts = [c for e in entries for c in e["frame_counts"]]
     skip_log = SkipLog(options.on_error, list(skipped))  # this split's share of the run's skips
     return {
@@ -322,6 +423,7 @@ def build_manifest(split: str, layout: str, options: ShardOptions, entries: list
         "tool_version": __version__,
         "layout": layout,
         "split": split,
+        "labelled": labelled,
         "options": options.as_manifest(),
         "complete": complete,
         "num_classes": num_classes,
@@ -330,10 +432,12 @@ def build_manifest(split: str, layout: str, options: ShardOptions, entries: list
             "samples": sum(e["samples"] for e in entries),
             "frames": sum(frame_counts),
             "bytes": sum(e["bytes"] for e in entries),
-            "identities": len(pids),
+            "identities": len(pids) if labelled else None,
         },
         "identities": pids,
         "cameras": dict(sorted(camera_counts.items(), key=lambda item: int(item[0]))),
+        "unknown": dict(sorted(unknown.items())),
+        "links_followed": [{"path": path, "resolved": resolved} for path, resolved in sorted(set(links))],
         "frames_per_sample": {
             "min": min(frame_counts, default=0),
             "max": max(frame_counts, default=0),
@@ -344,22 +448,15 @@ def build_manifest(split: str, layout: str, options: ShardOptions, entries: list
     }
 
 
-def read_manifest(folder: Path) -> dict | None:
-    path = folder / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(str(path), f"manifest is not valid JSON ({error})") from error
-
-
 def _reusable_entries(folder: Path, planned: list[PlannedShard]) -> dict[str, dict]:
     """Shards of a previous run whose plan is unchanged and whose file still has the recorded sha256."""
-    previous = read_manifest(folder)
-    if previous is None:
+    if not (folder / MANIFEST_NAME).is_file():
         return {}
-    by_name = {entry["name"]: entry for entry in previous.get("shards", [])}
+    previous = read_manifest(folder)
+    by_name = {}
+    for entry in previous["shards"]:
+        shard_path(folder, entry)  # a name that is no plain file name here: the manifest is not xfd's
+        by_name[entry["name"]] = entry
     reusable = {}
     for shard in planned:
         entry = by_name.get(shard.name)
@@ -379,6 +476,60 @@ def _remove_stale(folder: Path, planned: list[PlannedShard]) -> None:
     remove_temporaries(folder)
 
 
+# ---------------------------------------------------------------- the output folder
+
+def check_output_location(source: Path, out: Path) -> None:
+    """Refuse an OUT that is the source dataset, contains it or lies inside it (links resolved)."""
+    real_source, real_out = Path(source).resolve(), Path(out).resolve()
+    if real_out == real_source:
+        raise UnsafeOutputError(f"OUT {out} is the source dataset {source}: choose an output folder outside it")
+    if real_out in real_source.parents:
+        raise UnsafeOutputError(f"OUT {out} contains the source dataset {source}: choose an output folder that "
+                                "does not hold the source")
+    if real_source in real_out.parents:
+        raise UnsafeOutputError(f"OUT {out} lies inside the source dataset {source}: choose an output folder "
+                                "outside it")
+
+
+def is_shard_output(folder: Path) -> bool:
+    """A folder xfd-shard wrote: it has the marker of a run (written first) or the dataset index (written last)."""
+    return (folder / OUTPUT_MARKER).is_file() or (folder / DATASET_INDEX_NAME).is_file()
+
+
+def _remove_previous_output(out: Path) -> None:
+    """Delete what xfd-shard writes (shards, manifests, temporaries, dataset.json, marker) under `out` and the
+    folders this leaves empty; anything else is left where it is. Links are not followed."""
+    for folder, subfolders, files in os.walk(out, topdown=False):
+        folder = Path(folder)
+        for name in files:
+            if SHARD_NAME.match(name) or name == MANIFEST_NAME:
+                (folder / name).unlink()
+        remove_temporaries(folder)
+        if folder != out and not any(folder.iterdir()):
+            folder.rmdir()
+    for name in (DATASET_INDEX_NAME, OUTPUT_MARKER):
+        (out / name).unlink(missing_ok=True)
+
+
+def _prepare_output(out: Path, overwrite: bool, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UnsafeOutputError(f"OUT {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not (overwrite or resume):
+            raise FileExistsError(f"{out} is not empty: pass --resume to continue a run or --overwrite to replace it")
+        if not is_shard_output(out):
+            raise UnsafeOutputError(
+                f"{out} is not empty and is not an xfd-shard output (it has no {DATASET_INDEX_NAME} and no "
+                f"{OUTPUT_MARKER} marker): refusing to {'replace' if overwrite else 'resume into'} it; choose "
+                "an empty or new output folder")
+        if overwrite:
+            _remove_previous_output(out)
+    with _disk_full_named(out / OUTPUT_MARKER):
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / OUTPUT_MARKER, {"tool": "xfd-shard", "format_version": FORMAT_VERSION})
+    remove_temporaries(out)
+
+
 # ---------------------------------------------------------------- the whole run
 
 @dataclass
@@ -389,73 +540,86 @@ class ShardRunResult:
     reused: int
 
 
-def _prepare_output(out: Path, overwrite: bool, resume: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
-        raise FileExistsError(f"{out} is not empty: pass --resume to continue a run or --overwrite to replace it")
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(out)
-
-
 def shard_dataset(source: Path, out: Path, options: ShardOptions, workers: int = 1, resume: bool = False,
                   overwrite: bool = False, progress: bool = True) -> ShardRunResult:
     """Discover, plan and write every split of `source` into shard sets under `out`."""
     source, out = Path(source), Path(out)
-    skips = SkipLog(options.on_error)
-    layout, splits = discover(source, options.layout, skips, options.camid_rule, options.aerial_camera)
-    if "train" in splits:
-        hold_out_val(splits, options.val_ids, options.val_seed)
-    num_classes = assign_train_labels(splits)
-    _prepare_output(out, overwrite, resume)
+    check_output_location(source, out)
+    skips = SkipLog(options.on_error, root=str(source))
+    inspect = functools.partial(_inspect_frames, max_frames=options.max_frames, root=str(source),
+                                real_root=os.path.realpath(source), follow=options.follow_symlinks)
+    with worker_pool(workers) as pool:
+        layout, splits = discover(source, options.layout, skips, options.camid_rule, options.aerial_camera,
+                                  options.unlabelled, run_tasks=pool.map, inspect=inspect)
+        for split, tracklets in splits.items():  # tracklets found in this process (MARS-style): inspected here
+            outcomes = pool.map(inspect, [t for t in tracklets if t.stored is None])
+            splits[split] = []
+            for tracklet in tracklets:
+                outcome = tracklet if tracklet.stored is not None else next(outcomes)
+                if isinstance(outcome, DataError):
+                    skips.handle(outcome, split)
+                else:
+                    splits[split].append(outcome)
+        if "train" in splits:
+            hold_out_val(splits, options.val_ids, options.val_seed)
+        num_classes = assign_train_labels(splits)
+        plans = {split: plan_split(split, tracklets, layout, options) for split, tracklets in splits.items()}
+        for split in splits:
+            if not plans[split]:
+                raise DataError(f"{source} [{split}]", "split is empty: no tracklet left to shard")
+        _prepare_output(out, overwrite, resume)
+        links = {split: [link for t in tracklets for link in t.stored.links] for split, tracklets in splits.items()}
+        return _write_splits(pool, source, out, layout, options, plans, links, num_classes, skips, resume, progress)
 
-    plans = {split: plan_split(split, tracklets, layout, options, skips) for split, tracklets in splits.items()}
-    for split, tracklets in splits.items():
-        if not plans[split]:
-            raise DataError(f"{source} [{split}]", "split is empty: no tracklet left to shard")
+
+def _write_splits(pool, source: Path, out: Path, layout: str, options: ShardOptions, plans: dict, links: dict,
+                  num_classes: int, skips: SkipLog, resume: bool, progress: bool) -> ShardRunResult:
     entries: dict[str, list[dict]] = {}
     tasks = []
     reused = 0
     for split, planned in plans.items():
         folder = split_folder(out, split)
-        folder.mkdir(parents=True, exist_ok=True)
+        with _disk_full_named(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         keep = _reusable_entries(folder, planned) if resume else {}
         _remove_stale(folder, planned)
         entries[split] = list(keep.values())
         reused += len(keep)
-        tasks += [(shard, folder, options) for shard in planned if shard.name not in keep]
-
-    def labels_for(split: str) -> int | None:
-        return num_classes if split == "train" else None
+        tasks += [(shard, folder, options, str(source)) for shard in planned if shard.name not in keep]
+    tasks.sort(key=lambda task: -task[0].estimated_bytes)  # biggest first: workers finish together
 
     def manifest_for(split: str, complete: bool) -> dict:
         skipped = skips.for_split(split) + [record for e in entries[split] for record in e["skipped"]]
-        return build_manifest(split, layout, options, entries[split], skipped, labels_for(split), complete)
+        return build_manifest(split, layout, options, entries[split], skipped,
+                              num_classes if split == "train" else None, complete, links[split])
 
-    total_samples = sum(len(shard.samples) for shard, _, _ in tasks)
-    with worker_results(_write_shard_task, tasks, workers) as results, \
-            tqdm(total=total_samples, unit="tracklet", desc="xfd-shard", disable=not progress) as bar:
-        for split, result in results:
-            if "error" in result:
-                raise DataError(*result["error"])
+    def write_manifest(split: str, manifest: dict) -> None:
+        path = split_folder(out, split) / MANIFEST_NAME
+        with _disk_full_named(path):
+            write_json_atomic(path, manifest)
+
+    total_samples = sum(len(shard.samples) for shard, _, _, _ in tasks)
+    with tqdm(total=total_samples, unit="tracklet", desc="xfd-shard", disable=not progress) as bar:
+        for split, result in pool.map(_write_shard_task, tasks, ordered=False):
             entries[split].append(result)
-            write_json_atomic(split_folder(out, split) / MANIFEST_NAME, manifest_for(split, complete=False))
+            write_manifest(split, manifest_for(split, complete=False))
             bar.update(result["samples"] + len(result["skipped"]))
 
     manifests = {}
-    for split in splits:
+    for split in plans:
         manifests[split] = manifest_for(split, complete=True)
-        write_json_atomic(split_folder(out, split) / MANIFEST_NAME, manifests[split])
+        write_manifest(split, manifests[split])
     all_skips = SkipLog(options.on_error, skips.skipped + [
-        record for split in splits for entry in entries[split] for record in entry["skipped"]
+        record for split in plans for entry in entries[split] for record in entry["skipped"]
     ])
-    write_json_atomic(out / DATASET_INDEX_NAME, {
-        "format_version": FORMAT_VERSION,
-        "tool_version": __version__,
-        "layout": layout,
-        "num_classes": num_classes,
-        "splits": {split: {"path": split, **manifests[split]["totals"]} for split in sorted(splits)},
-        "skipped": all_skips.as_manifest(),
-    })
+    with _disk_full_named(out / DATASET_INDEX_NAME):
+        write_json_atomic(out / DATASET_INDEX_NAME, {
+            "format_version": FORMAT_VERSION,
+            "tool_version": __version__,
+            "layout": layout,
+            "num_classes": num_classes,
+            "splits": {split: {"path": split, "labelled": manifests[split]["labelled"], **manifests[split]["totals"]}
+                       for split in sorted(plans)},
+            "skipped": all_skips.as_manifest(),
+        })
     return ShardRunResult(layout, manifests, written=len(tasks), reused=reused)
-
