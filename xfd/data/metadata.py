@@ -120,9 +120,12 @@ def parse_detreidx_frame(file_name: str, require_pid: bool = True) -> DetReIDXFr
     """Parse a DetReIDX frame file name; raise DataError naming the file if it does not fit the format.
 
     `require_pid=False` (unlabelled splits, whose identities are hidden) accepts any first field and gives pid
-    None when it is not a number; every other field is parsed as usual."""
+    None when it is not a number; every other field is parsed as usual, and a name of fewer than 4 fields (not
+    even pid and date, e.g. a bare frame counter) is an error: it says nothing, not even "ground"."""
     stem = file_name.rsplit(".", 1)[0]
     fields = tuple(stem.split("_"))
+    if not require_pid and len(fields) < 4:
+        raise DataError(file_name, "an anonymised name without the DetReIDX fields (pid_dd_mm_yyyy_...)")
     if fields[0].isdigit():
         pid = int(fields[0])
     elif require_pid:
