@@ -1,4 +1,4 @@
-"""Benchmark: streaming exact k-reciprocal re-ranking vs the dense REFERENCE §3 implementation.
+"""Benchmark: streaming exact k-reciprocal re-ranking vs the dense docs/reranking.md implementation.
 
 Each implementation runs in its own subprocess on the same synthetic features (regenerated from the seed), so
 peak memory is that process's own: the peak resident set after the features exist (VmHWM, reset after generating
@@ -143,7 +143,7 @@ def compare(n: int, args) -> None:
 def large(args) -> None:
     n, q = args.large, args.large_query
     run = _run_worker("stream", n, q, args, None)
-    dense_gib = 4 * n * n * 4 / 2**30  # about four N×N float32 matrices (REFERENCE §3)
+    dense_gib = 4 * n * n * 4 / 2**30  # about four N×N float32 matrices (docs/reranking.md)
     scores = f" | mAP {100 * run['mAP']:.2f}%  R1 {100 * run['rank1']:.2f}%" if "mAP" in run else ""
     print(f"N={n:>7} (q={q}, g={n - q}, d={args.dim}, {args.device}, consumer {args.consumer}) | streaming "
           f"{run['time_s']:8.1f} s | peak RSS {run['peak_rss_mib'] / 1024:.2f} GiB (features alone "

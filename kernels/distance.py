@@ -3,7 +3,7 @@
 Two metrics, each defined by the exact floating-point expression every caller uses (the streaming code, the dense
 reference and the tests), so results agree to the rounding of the GEMM itself:
 
-- "sqeuclidean": ((-2a)·b + |a|²) + |b|²   (REFERENCE §3.1: 2 - 2·cos for L2-normalised features)
+- "sqeuclidean": ((-2a)·b + |a|²) + |b|²   (docs/reranking.md step 1: 2 - 2·cos for L2-normalised features)
 - "cosine":      (-a)·b + 1                 (1 - cos for L2-normalised features)
 
 Rows are pre-scaled once (`prepare_rows`), because -2a·b is exactly -2·(a·b) in floating point (a power-of-two

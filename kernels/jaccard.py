@@ -1,4 +1,4 @@
-"""Jaccard distance over inverted-index candidates, and the final blend (REFERENCE §3, steps 7-8).
+"""Jaccard distance over inverted-index candidates, and the final blend (docs/reranking.md, steps 7-8).
 
 For query row i and gallery row j, s(i, j) = Σ_t min(V[i, t], V[j, t]) is non-zero only if the rows share a
 column, so `min_intersection` walks, for every non-zero V[i, t], the gallery rows listed under t in the inverted
@@ -83,7 +83,7 @@ def min_intersection_cuda(query_rows: SparseRows, inverted: SparseRows, n_galler
 def blend(min_sums, distances, row_max, lam: float):
     """final = (1 - λ)·(1 - s/(2 - s)) + λ·distances/row_max[:, None], written into `distances` and returned.
 
-    min_sums, distances: (b, g); row_max: (b,) the column maxima of the query rows (REFERENCE §3.1).
+    min_sums, distances: (b, g); row_max: (b,) the column maxima of the query rows (docs/reranking.md step 1).
     """
     xp = array_module(distances)
     one = distances.dtype.type(1)

@@ -1,4 +1,4 @@
-"""k-reciprocal neighbour sets and their expansion (REFERENCE §3, steps 3-4), from top-k lists only.
+"""k-reciprocal neighbour sets and their expansion (docs/reranking.md, steps 3-4), from top-k lists only.
 
 `rank` is the (N, K) array of each row's first K neighbours in the initial ranking (ascending distance, ties to the
 lower index, the row itself normally first), K >= k1 + 1.

@@ -1,4 +1,4 @@
-"""The sparse V matrix of k-reciprocal re-ranking (REFERENCE §3, steps 5-6) and its inverted index.
+"""The sparse V matrix of k-reciprocal re-ranking (docs/reranking.md, steps 5-6) and its inverted index.
 
 - V[i, j] = exp(-d_norm[i, j]) for j in R*(i), divided by the row sum, where d_norm[i, j] = d[i, j] / colmax[i]
   (the column-max normalisation, then transpose, of step 1; d is symmetric).

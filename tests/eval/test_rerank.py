@@ -1,4 +1,4 @@
-"""Streaming k-reciprocal re-ranking equals the dense reference of REFERENCE §3: same initial top-k lists and
+"""Streaming k-reciprocal re-ranking equals the dense reference of docs/reranking.md: same initial top-k lists and
 expanded sets, same final distances (float64 within 1e-10, float32 within 1e-4)."""
 
 import numpy as np

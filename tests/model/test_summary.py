@@ -53,5 +53,5 @@ def test_vit_l14_summary_counts_open_clip_plus_ours():
     assert "open_clip ViT-L-14 visual tower alone: 303.870M params (matches the backbone row)" in text
     forward = float(text.split("forward FLOPs per tracklet of 16 frames: ")[1].split(" GFLOP")[0]) * 1e9
     backbone = 16 * _vit_l14_backbone_flops_per_frame()
-    assert backbone == pytest.approx(1.62e12, rel=0.01)  # REFERENCE §5: ~101 GFLOP per frame
+    assert backbone == pytest.approx(1.62e12, rel=0.01)  # docs/model.md, Compute: ~101 GFLOP per frame
     assert backbone < forward < 1.15 * backbone  # prompts, adapters and pooling on top

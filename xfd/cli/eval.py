@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("features", nargs="?", help="one protocol's features (.npz); named after the file")
     p.add_argument("--protocol", action="append", default=[], metavar="NAME=PATH",
                    help="a named protocol's features (repeatable), e.g. A2G=a2g.npz")
-    p.add_argument("--rerank", action="store_true", help="exact k-reciprocal re-ranking (REFERENCE §3)")
+    p.add_argument("--rerank", action="store_true", help="exact k-reciprocal re-ranking (docs/reranking.md)")
     p.add_argument("--k1", type=int, default=RerankParams.k1, help="k-reciprocal list length (default: %(default)s)")
     p.add_argument("--k2", type=int, default=RerankParams.k2, help="local query expansion (default: %(default)s)")
     p.add_argument("--lambda", dest="lam", type=float, default=RerankParams.lam,

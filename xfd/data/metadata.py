@@ -152,7 +152,7 @@ def detreidx_camid(frame: DetReIDXFrame, rule: str = "capture-point") -> int:
     """Camera id used by the evaluation junk rule (same pid and same camid are excluded).
 
     `capture-point` (default): ground cameras 0..9 (G<n> gives n-1, else 0), aerial 10 + capture-point index.
-    `baseline`: the public baseline's rule, ground 0, aerial 1 if fields[-2] == '1' else 2 (REFERENCE §1 calls
+    `baseline`: the public baseline's rule, ground 0, aerial 1 if fields[-2] == '1' else 2 (docs/datasets.md calls
     it uncertain; the raw fields are kept in the metadata either way).
     """
     if rule not in CAMID_RULES:

@@ -1,6 +1,6 @@
 """The DALI frame pipeline: a flat batch of B·L encoded JPEGs in, a (B, L, 3, H, W) float tensor out.
 
-ARCHITECTURE decision 2: the Python side streams tracklets and samples L frames; DALI decodes (`mixed` on a
+docs/design.md, decision 2: the Python side streams tracklets and samples L frames; DALI decodes (`mixed` on a
 GPU, `cpu` with `device_id=None` elsewhere — the same graph) and augments. Augmentation is clip-consistent:
 one draw per tracklet (flip, pad-and-crop offset, random-erasing box, colour jitter), repeated for each of its L
 frames and handed to DALI as per-sample argument inputs, so every frame of a tracklet gets the same transform.
@@ -21,7 +21,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class AugmentSettings:
-    """REFERENCE §4: resize 256×128, flip p .5, pad 10 + random crop, random erasing p .5, jitter .1/.1/.1/.05."""
+    """docs/model.md: resize 256×128, flip p .5, pad 10 + random crop, random erasing p .5, jitter .1/.1/.1/.05."""
 
     height: int = 256
     width: int = 128

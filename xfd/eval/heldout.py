@@ -4,9 +4,9 @@ three protocols, so that training can report the same numbers as the test cases.
 - A2G: queries = aerial tracklets, gallery = ground tracklets;
 - G2A: queries = ground tracklets, gallery = aerial tracklets;
 - A2A: queries = aerial tracklets, gallery = all aerial tracklets, the queries included: the junk rule (same pid
-  AND same camid, REFERENCE §2) removes each query from its own ranking, with its same-camera twins.
+  AND same camid, docs/protocol.md) removes each query from its own ranking, with its same-camera twins.
 
-Queries without any valid match are skipped and counted by the metrics (`num_skipped`), as REFERENCE §2 says; a
+Queries without any valid match are skipped and counted by the metrics (`num_skipped`), as docs/protocol.md says; a
 protocol where no query has one (or whose query or gallery side is empty) is left out with a warning instead.
 """
 

@@ -1,6 +1,6 @@
 """Exact ReID ranking metrics (mAP, CMC, mINP) computed per block of queries, without a Q×G index matrix.
 
-Conventions (REFERENCE §2):
+Conventions (docs/protocol.md):
 - Smaller distance ranks first; equal distances rank by lower gallery index.
 - Junk: gallery items with the query's pid AND camid are removed from that query's ranking.
 - Matches: same pid, other camid. A query with no match is skipped and counted (`num_skipped`).

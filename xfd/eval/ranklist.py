@@ -1,6 +1,6 @@
 """The rank-list picture: for each sampled query, a strip of its frames, then its top-k gallery tracklets (one
 representative frame each) framed by what they are under the protocol: green = correct match, red = wrong
-identity, grey = junk (same pid and same camid, left out of the metrics; REFERENCE §2).
+identity, grey = junk (same pid and same camid, left out of the metrics; docs/protocol.md).
 
 Only drawing lives here (PIL); which queries, their rankings and their frames come from
 `xfd.eval.ranklist_rows`. The layout's boxes are computed in one place (`RankListLayout`) so that tests can look

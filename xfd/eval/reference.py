@@ -1,5 +1,6 @@
-"""Dense reference implementations, for tests and benchmarks only: REFERENCE §3 re-ranking and §2 metrics,
-written step by step over full matrices so that each line can be checked against the text.
+"""Dense reference implementations, for tests and benchmarks only: docs/reranking.md re-ranking and
+docs/protocol.md metrics, written step by step over full matrices so that each line can be checked against the
+text.
 
 They hold N×N (re-ranking) or Q×G (metrics) arrays, so they are slow and memory-hungry by design; the streaming
 implementations in `xfd.eval.rerank` and `xfd.eval.metrics` must agree with them.
@@ -13,18 +14,19 @@ from xfd.kernels.distance import pairwise_distances
 
 
 def dense_normalised_distances(features: np.ndarray) -> np.ndarray:
-    """REFERENCE §3.1: squared Euclidean over all pairs; each column divided by its maximum, then transposed."""
+    """docs/reranking.md step 1: squared Euclidean over all pairs; each column divided by its maximum, then
+    transposed."""
     dist = pairwise_distances(features, features, "sqeuclidean")  # (N, N)
     return np.transpose(dist / dist.max(axis=0))
 
 
 def dense_initial_rank(dist: np.ndarray) -> np.ndarray:
-    """REFERENCE §3.2: each row's indices by ascending distance, ties to the lower index."""
+    """docs/reranking.md step 2: each row's indices by ascending distance, ties to the lower index."""
     return np.argsort(dist, axis=1, kind="stable")
 
 
 def dense_expanded_set(rank: np.ndarray, i: int, k1: int) -> np.ndarray:
-    """REFERENCE §3.3-4: R*(i), ascending."""
+    """docs/reranking.md steps 3-4: R*(i), ascending."""
     reciprocal = _reciprocal(rank, i, k1 + 1)
     half = int(np.around(k1 / 2.0)) + 1
     expansion = [reciprocal]
@@ -44,7 +46,7 @@ def _reciprocal(rank: np.ndarray, i: int, length: int) -> np.ndarray:
 
 def dense_k_reciprocal(query: np.ndarray, gallery: np.ndarray, k1: int = 28, k2: int = 6,
                        lam: float = 0.28) -> np.ndarray:
-    """(q, g) k-reciprocal re-ranked distances, REFERENCE §3 literally (dtype of the features)."""
+    """(q, g) k-reciprocal re-ranked distances, docs/reranking.md literally (dtype of the features)."""
     features = np.concatenate([query, gallery])  # (N, d)
     q, n = query.shape[0], features.shape[0]
     dtype = features.dtype

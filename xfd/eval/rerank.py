@@ -1,4 +1,4 @@
-"""Exact k-reciprocal re-ranking (Zhong et al., CVPR 2017; REFERENCE §3) in O(N·k) memory, and plain distances,
+"""Exact k-reciprocal re-ranking (Zhong et al., CVPR 2017; docs/reranking.md) in O(N·k) memory, and plain distances,
 both streamed as (query indices, distance block) pairs that the metrics consume.
 
 How the N×N matrices of the textbook algorithm are avoided:
@@ -33,7 +33,7 @@ from xfd.eval.validate import check_feature_pair, check_rerank_params
 
 @dataclass(frozen=True)
 class RerankParams:
-    """k1, k2, λ of k-reciprocal re-ranking; the paper's values by default (REFERENCE §3)."""
+    """k1, k2, λ of k-reciprocal re-ranking; the paper's values by default (docs/reranking.md)."""
 
     k1: int = 28
     k2: int = 6
@@ -47,7 +47,7 @@ class RerankIndex:
     query: PreparedRows  # (q, d) query rows, prepared for squared-Euclidean blocks
     gallery: object  # (g, d)
     gallery_sq: object  # (g,)
-    column_max: object  # (N,) max distance of each column (REFERENCE §3.1)
+    column_max: object  # (N,) max distance of each column (docs/reranking.md step 1)
     v_query: SparseRows  # V rows of the queries (after local query expansion)
     inverted: SparseRows  # gallery rows of V by column
 
@@ -79,7 +79,7 @@ def k_reciprocal_stream(query, gallery, k1: int = 28, k2: int = 6, lam: float = 
 
 
 def normalised_rank(graph: NeighbourLists, k: int):
-    """(N, k) initial ranking of REFERENCE §3.2: order each row by (d / colmax[i], index).
+    """(N, k) initial ranking of docs/reranking.md step 2: order each row by (d / colmax[i], index).
 
     Dividing by colmax[i] preserves the order of distinct distances except where it rounds two of them to one
     value, which the tie rule then settles by index; re-sorting the kept lists on the divided values reproduces
@@ -93,7 +93,7 @@ def normalised_rank(graph: NeighbourLists, k: int):
 
 def build_index(q_feats: np.ndarray, g_feats: np.ndarray, k1: int, k2: int, device: str, progress: bool = False,
                 graph_block: int | None = None) -> RerankIndex:
-    """REFERENCE §3 steps 1-6 and the inverted index, sparse: top-k graph, R*(i), V, local query expansion."""
+    """docs/reranking.md steps 1-6 and the inverted index, sparse: top-k graph, R*(i), V, local query expansion."""
     xp = module_for_device(device)
     q, n = q_feats.shape[0], q_feats.shape[0] + g_feats.shape[0]
     features = xp.asarray(np.concatenate([q_feats, g_feats]))  # (N, d)
@@ -109,7 +109,7 @@ def build_index(q_feats: np.ndarray, g_feats: np.ndarray, k1: int, k2: int, devi
     flat = xp.flatnonzero(graph.column_max <= noise)
     if flat.size:
         raise ValueError(f"all features equal row {int(flat[0])}: every distance is 0 (up to rounding) and the "
-                         "column-max normalisation of REFERENCE §3.1 is undefined")
+                         "column-max normalisation of docs/reranking.md step 1 is undefined")
     rank = normalised_rank(graph, k)  # (N, K)
     sets = expanded_reciprocal_sets(rank, k1)  # R*(i)
     v = reciprocal_weights(sets, graph, features, squared_norms(features), "sqeuclidean")
