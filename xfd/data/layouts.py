@@ -67,10 +67,22 @@ def _natural_key(name: str) -> list:
     return parts
 
 
+_DIGIT_MASK = str.maketrans("0123456789", "0000000000")
+
+
+def _natural_order(entries: list[os.DirEntry]) -> list[os.DirEntry]:
+    """Entries by `_natural_key` of their names. Frame names of one tracklet usually differ only in equally wide
+    digit runs (zero-padded counters): then plain string order is the same order, found at C speed."""
+    masks = {entry.name.translate(_DIGIT_MASK) for entry in entries}
+    if len(masks) <= 1 and all(entry.name.isascii() for entry in entries):
+        return sorted(entries, key=lambda entry: entry.name)
+    return sorted(entries, key=lambda entry: _natural_key(entry.name))
+
+
 def _list_dir(path: Path) -> list[os.DirEntry]:
     try:
         with os.scandir(path) as entries:
-            return sorted(entries, key=lambda entry: _natural_key(entry.name))
+            return _natural_order(list(entries))
     except OSError as error:
         raise DataError(str(path), f"folder cannot be read ({error.strerror or error})") from error
 

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,7 +347,7 @@ def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions, root: 
     written: list[PlannedSample] = []
     digest, size = hashlib.sha256(), 0
     path = folder / shard.name
-    with _disk_full_named(path), atomic_output(path) as raw:
+    with _disk_full_named(path), atomic_output(path, sync=False) as raw:  # made durable by `_sync_file`
         for sample in shard.samples:
             try:
                 data = sample_bytes(sample, options)
@@ -379,6 +380,18 @@ def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions, root: 
         "skipped": skips.skipped,
         "unknown": dict(sorted(unknown.items())),
     }
+
+
+def _sync_file(path: Path) -> None:
+    """fsync a finished shard. Shards are renamed into place unsynced (a crash may leave a damaged one, which
+    --resume's sha256 check rewrites); the run syncs them here, in threads of the parent, while the workers go on,
+    and only then writes the manifests that say `complete: true`."""
+    with _disk_full_named(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _write_shard_task(task) -> tuple[str, dict]:
@@ -452,11 +465,11 @@ def _reusable_entries(folder: Path, planned: list[PlannedShard]) -> dict[str, di
     """Shards of a previous run whose plan is unchanged and whose file still has the recorded sha256."""
     if not (folder / MANIFEST_NAME).is_file():
         return {}
-    previous = read_manifest(folder)
-    by_name = {}
-    for entry in previous["shards"]:
-        shard_path(folder, entry)  # a name that is no plain file name here: the manifest is not xfd's
-        by_name[entry["name"]] = entry
+    try:
+        previous = read_manifest(folder)
+    except DataError:  # an interim manifest is written unsynced: a crash may have emptied it; start the split over
+        return {}
+    by_name = {entry.get("name"): entry for entry in previous["shards"] if isinstance(entry, dict)}
     reusable = {}
     for shard in planned:
         entry = by_name.get(shard.name)
@@ -596,14 +609,19 @@ def _write_splits(pool, source: Path, out: Path, layout: str, options: ShardOpti
     def write_manifest(split: str, manifest: dict) -> None:
         path = split_folder(out, split) / MANIFEST_NAME
         with _disk_full_named(path):
-            write_json_atomic(path, manifest)
+            write_json_atomic(path, manifest, sync=manifest["complete"])  # an interim one is a hint, re-checked
 
     total_samples = sum(len(shard.samples) for shard, _, _, _ in tasks)
-    with tqdm(total=total_samples, unit="tracklet", desc="xfd-shard", disable=not progress) as bar:
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="xfd-shard-sync") as syncing, \
+            tqdm(total=total_samples, unit="tracklet", desc="xfd-shard", disable=not progress) as bar:
+        synced = []
         for split, result in pool.map(_write_shard_task, tasks, ordered=False):
+            synced.append(syncing.submit(_sync_file, split_folder(out, split) / result["name"]))
             entries[split].append(result)
             write_manifest(split, manifest_for(split, complete=False))
             bar.update(result["samples"] + len(result["skipped"]))
+        for future in synced:
+            future.result()  # every shard on disk before any manifest says complete
 
     manifests = {}
     for split in plans:
