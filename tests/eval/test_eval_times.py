@@ -3,8 +3,6 @@ metrics unchanged, and the markdown table shows empty protocols and the mean of 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from xfd.eval.evaluate import EvalOptions, EvalTimes, evaluate_protocol, mean_of_protocols
@@ -22,20 +20,40 @@ def _protocol(make_features, name="A2G", q=12, g=30, seed=0) -> ProtocolData:
     return ProtocolData(name, feats[:q], feats[q:], pids[:q], pids[q:], np.zeros(q, np.int64), np.ones(g, np.int64))
 
 
-def test_times_add_up_per_part_and_leave_the_metrics_alone(make_features):
+class _Clock:
+    """A perf_counter that ticks 1 s per reading, plus whatever `advance` adds: timings become exact counts."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_times_add_up_per_part_and_leave_the_metrics_alone(make_features, monkeypatch):
+    import types
+
+    import xfd.eval.evaluate as evaluate_module
+
+    clock = _Clock()
+    monkeypatch.setattr(evaluate_module, "time", types.SimpleNamespace(perf_counter=clock))
     data = _protocol(make_features)
     seen = []
 
-    def slow_callback(indices, block):
+    def slow_callback(indices, block):  # "takes" 1000 s by the clock, without sleeping
         seen.append(len(indices))
-        time.sleep(0.1)
+        clock.advance(1000.0)
 
     times = EvalTimes()
     timed = evaluate_protocol(data, EvalOptions(device="cpu", block_rows=5), slow_callback, times)
     assert timed.to_dict() == evaluate_protocol(data, EvalOptions(device="cpu")).to_dict()
     assert seen == [5, 5, 2]
-    assert times.ranking > 0 and times.metrics > 0 and times.callback >= 3 * 0.1
-    assert times.ranking + times.metrics < times.callback  # the callback's sleep is not charged to them
+    assert times.callback == 3 * 1001.0  # each callback's 1000 s (+ the reading that ends it), charged to it alone
+    assert 0 < times.ranking < 1000 and 0 < times.metrics < 1000  # and none of it to ranking or metrics
 
     before = times.ranking
     reranked = evaluate_protocol(data, EvalOptions(rerank=RerankParams(5, 3, 0.3), device="cpu"), times=times)
