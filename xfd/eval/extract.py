@@ -173,7 +173,7 @@ def extract_split(model, folder: str | Path, *, num_frames: int, batch_size: int
     folder = Path(folder)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    stream = tracklet_stream(folder, StreamOptions(num_frames=num_frames, mode="eval", rank=rank,
+    stream = tracklet_stream(folder, StreamOptions(num_frames=num_frames, rank=rank,
                                                    world_size=world_size, clips=clips))
     expected = _rank_sample_count(folder, rank, world_size)
     if expected == 0 and world_size == 1:
