@@ -28,7 +28,7 @@ from .metadata import (
 
 LAYOUTS = ("detreidx", "mars", "g2a", "g2a2")
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
-_JPEG_SUFFIXES = {".jpg", ".jpeg"}
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
 _CASE_FOLDER = re.compile(r"^case\d+_[A-Za-z0-9_]+$")
 
 
@@ -134,9 +134,6 @@ def _detreidx_split_folders(root: Path) -> dict[str, Path]:
     return splits
 
 
-_SESSION_OR_CAMERA = re.compile(r"^[SG]\d+$")
-
-
 def _parse_frame_names(folder: Path, names: list[str], labelled: bool) -> tuple[DetReIDXFrame | None, int]:
     """Parse every frame name of a tracklet; return the first frame's parse (None: an unlabelled tracklet whose
     names carry no metadata) and the number of distinct pids the names give. Frames must agree on the capture.
@@ -145,22 +142,22 @@ def _parse_frame_names(folder: Path, names: list[str], labelled: bool) -> tuple[
     their last field whenever that field cannot change the result (not an S<n>/G<n> field, not the angle of a
     9-field name): every name is still checked, at one parse per tracklet.
     """
-    parsed: dict = {}
-    first, pids = None, set()
-    for index, name in enumerate(names):
-        stem = name.rsplit(".", 1)[0]
+    first_names: dict = {}  # parse key -> the first name with it (name order)
+    for name in names:
+        dot = name.rfind(".")
+        stem = name[:dot] if dot >= 0 else name
         head, _, last = stem.rpartition("_")
         fields = stem.count("_") + 1
-        key = (head, fields) if head and fields not in (8, 9) and not _SESSION_OR_CAMERA.match(last) else stem
-        frame = parsed.get(key)
-        if frame is None:
-            try:
-                frame = parse_detreidx_frame(name, require_pid=labelled)
-            except DataError as error:
-                if labelled:
-                    raise DataError(str(folder / name), error.rule) from None
-                frame = error  # unlabelled: a name without metadata is counted, not fatal
-            parsed[key] = frame
+        reusable = head and fields not in (8, 9) and not (last[:1] in ("S", "G") and last[1:].isdigit())
+        first_names.setdefault((head, fields) if reusable else stem, name)
+    first, pids = None, set()
+    for index, name in enumerate(first_names.values()):
+        try:
+            frame = parse_detreidx_frame(name, require_pid=labelled)
+        except DataError as error:
+            if labelled:
+                raise DataError(str(folder / name), error.rule) from None
+            frame = error  # unlabelled: a name without metadata is counted, not fatal
         if index == 0:
             first = frame
         elif isinstance(first, DataError) != isinstance(frame, DataError) or (
@@ -177,7 +174,7 @@ def _parse_frame_names(folder: Path, names: list[str], labelled: bool) -> tuple[
 def _frame_entries(folder: Path) -> list[os.DirEntry]:
     files = []
     for entry in _visible(_list_dir(folder)):
-        if not _is_file(entry) or os.path.splitext(entry.name)[1].lower() not in _JPEG_SUFFIXES:
+        if not _is_file(entry) or not entry.name.lower().endswith(_JPEG_SUFFIXES):
             raise DataError(entry.path, "unexpected entry in a tracklet folder (only .jpg/.jpeg frames belong there)")
         files.append(entry)
     if not files:

@@ -175,7 +175,7 @@ def _inspect_frames(tracklet: Tracklet, max_frames: int, root: str, real_root: s
             links.append((os.path.relpath(path, root), resolved))
 
     try:
-        for folder in sorted({os.path.dirname(p) for p in paths}):
+        for folder in sorted({p[: p.rfind(os.sep)] for p in paths}):  # (os.path.dirname, at C speed)
             check_link(folder, "folder")
         stats = []
         for path in paths:
@@ -208,7 +208,7 @@ def sample_metadata(tracklet: Tracklet, split: str, layout: str, indices: list[i
         "label": tracklet.label,
         "camid": tracklet.camid,
         "platform": tracklet.platform,
-        "frame_names": [os.path.basename(tracklet.frame_paths[i]) for i in indices],
+        "frame_names": [tracklet.frame_paths[i].rpartition(os.sep)[2] for i in indices],
         "frame_indices": indices,
         "num_source_frames": len(tracklet.frame_paths),
     }
