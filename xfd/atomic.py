@@ -53,8 +53,8 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", sync: bool = True) 
         raise
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_output(path, "wb") as handle:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, sync: bool = True) -> None:
+    with atomic_output(path, "wb", sync=sync) as handle:
         handle.write(data)
 
 

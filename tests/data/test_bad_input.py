@@ -147,3 +147,45 @@ def test_skip_policy_counts_and_lists_every_skip(source, tmp_path):
     assert items == sorted([truncated.relative_to(source).as_posix(), "train/0003/0003_99"])  # relative to SRC
     dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
     assert dataset["skipped"]["count"] == 2
+
+
+def test_the_header_remembering_checker_gives_the_same_verdict_as_the_plain_walk():
+    """JpegStructureChecker skips headers it has validated before; on damaged files that share (or almost share)
+    a valid file's header its verdict must still be check_jpeg_structure's, error text included."""
+    import io as _io
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from xfd.data.jpeg import JpegStructureChecker
+
+    def encoded(seed, **save):
+        pixels = np.random.default_rng(seed).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+        out = _io.BytesIO()
+        Image.fromarray(pixels).save(out, format="JPEG", **save)
+        return out.getvalue()
+
+    bases = [jpeg_bytes(1), jpeg_bytes(2), encoded(3, progressive=True), encoded(4, restart_marker_blocks=1)]
+
+    def verdict(check, data):
+        try:
+            return check(data, "x.jpg")
+        except DataError as error:
+            return error.rule
+
+    rng, checker, compared = random.Random(5), JpegStructureChecker(), 0
+    for _ in range(1500):
+        data = bytearray(rng.choice(bases))
+        cut = rng.randrange(len(data))
+        kind = rng.randrange(4)
+        if kind == 0:
+            data[cut] = rng.randrange(256)
+        elif kind == 1:
+            data = data[: max(cut, 2)] + b"\xff\xd9"  # cut short, an EOI stuck on (the cheap check passes)
+        elif kind == 2:
+            data[cut:cut] = bytes([0xFF, rng.randrange(256)])
+        for sample in (bytes(data), rng.choice(bases)):  # valid files in between keep the memory warm
+            assert verdict(checker, sample) == verdict(check_jpeg_structure, sample)
+            compared += 1
+    assert compared == 3000

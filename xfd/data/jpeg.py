@@ -38,13 +38,47 @@ def check_jpeg_structure(data: bytes, item: str) -> tuple[int, int]:
     Runs on every frame while sharding, so the walk is written for speed: one loop over markers, header segment
     lengths read inline, and entropy-coded data skipped by a regular expression (C speed) to the next 0xFF that
     is not stuffing."""
-    end = len(data)
-    if end < 4 or data[0] != 0xFF or data[1] != _SOI:
+    _check_ends(data, item)
+    return _walk(data, item, 2, None, 0, False)
+
+
+class JpegStructureChecker:
+    """`check_jpeg_structure` for a run of frames, remembering the last few headers it validated.
+
+    Frames of one tracklet usually share their header byte for byte (quantisation and Huffman tables, size):
+    a frame that starts with a remembered header (up to and including its first scan header) has, by
+    construction, the same verdict and state there, so only its scan data is walked. Same verdicts as
+    `check_jpeg_structure` (a test compares them on thousands of damaged files)."""
+
+    def __init__(self, remember: int = 4):
+        self.remember = remember
+        self._headers: list[tuple[bytes, tuple[int, int], int]] = []  # (header bytes, size, restart interval)
+
+    def __call__(self, data: bytes, item: str) -> tuple[int, int]:
+        _check_ends(data, item)
+        for header, size, restart_interval in self._headers:
+            if data.startswith(header):
+                return _walk(data, item, len(header), size, restart_interval, True)
+        first_scan: list = []
+        size = _walk(data, item, 2, None, 0, False, first_scan)
+        if first_scan:
+            self._headers = [(data[: first_scan[0]], *first_scan[1:])] + self._headers[: self.remember - 1]
+        return size
+
+
+def _check_ends(data: bytes, item: str) -> None:
+    if len(data) < 4 or data[0] != 0xFF or data[1] != _SOI:
         raise DataError(item, "not a JPEG (missing SOI marker)")
     if data[-2:] != b"\xff\xd9":
         raise DataError(item, "truncated JPEG (missing EOI marker at end)")
-    position, size, restart_interval = 2, None, 0
-    in_scan, next_restart = False, 0
+
+
+def _walk(data: bytes, item: str, position: int, size, restart_interval: int, in_scan: bool,
+          first_scan: list | None = None) -> tuple[int, int]:
+    """The marker walk from `position` in the given state; `first_scan` receives (offset of the first scan's
+    data, size, restart interval) when the walk passes the first scan header."""
+    end = len(data)
+    next_restart = 0
     while True:
         if in_scan:
             found = _SCAN_MARKER.search(data, position)
@@ -75,6 +109,8 @@ def check_jpeg_structure(data: bytes, item: str) -> tuple[int, int]:
                 if size is None:
                     raise DataError(item, "corrupt JPEG (scan before frame header)")
                 in_scan, next_restart = True, 0
+                if first_scan is not None and not first_scan:
+                    first_scan += [position + 2 + length, size, restart_interval]
             position += 2 + length
         elif marker in _RST:
             if not in_scan or restart_interval == 0:

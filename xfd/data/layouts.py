@@ -34,7 +34,7 @@ _CASE_FOLDER = re.compile(r"^case\d+_[A-Za-z0-9_]+$")
 
 @dataclass
 class StoredFrames:
-    """What the shard tool learns of the frames it will keep: their indices in `frame_paths`, (size, mtime) of
+    """What the shard tool learns of the frames it will keep: their indices in `frame_names`, (size, mtime) of
     each, and the links it followed out of the dataset ((relative path, resolved path), with --follow-symlinks)."""
 
     indices: list[int]
@@ -50,7 +50,8 @@ class Tracklet:
     pid: int | None  # None in unlabelled splits
     camid: int | None  # None where an unlabelled tracklet's names do not give it
     platform: str
-    frame_paths: list[str]  # in temporal order (plain strings: millions of them cross process boundaries)
+    folder: str  # every frame of a tracklet lies in one folder (read relative to it: one lookup a frame)
+    frame_names: list[str]  # in temporal order (plain strings: millions of them cross process boundaries)
     meta: dict = field(default_factory=dict)
     label: int | None = None
     unknown: tuple[str, ...] = ()  # what an unlabelled tracklet's names did not say (counted in the manifest)
@@ -213,7 +214,8 @@ def _labelled_tracklet(root: Path, pid_folder: str, folder: Path, camid_rule: st
         pid=first.pid,
         camid=detreidx_camid(first, camid_rule),
         platform=first.platform,
-        frame_paths=[e.path for e in files],
+        folder=str(folder),
+        frame_names=[e.name for e in files],
         meta=_capture_meta(root, folder, first),
     )
 
@@ -264,7 +266,7 @@ def _unlabelled_tracklet(root: Path, split: str, folder: Path, camid_rule: str) 
     if platform == "aerial" and meta["height"] is None:
         unknown.append("capture")
     return Tracklet(key=unlabelled_key(folder.name), pid=None, camid=camid, platform=platform,
-                    frame_paths=[e.path for e in files], meta=meta, unknown=tuple(unknown))
+                    folder=str(folder), frame_names=[e.name for e in files], meta=meta, unknown=tuple(unknown))
 
 
 def _tracklet(root: Path, split: str, group: str, folder: Path, camid_rule: str, labelled: bool, inspect):
@@ -407,8 +409,9 @@ def _mars_tracks(
                 "tracklet": key,
                 "track_row": row_number,
             }
-            paths = [str(root / image_folder / n[:pid_digits] / n) for n in frame_names]
-            tracks.append(Tracklet(key=key, pid=pid, camid=camera, platform=platform, frame_paths=paths, meta=meta))
+            folder = str(root / image_folder / frame_names[0][:pid_digits])  # the frames' pid is the row's
+            tracks.append(Tracklet(key=key, pid=pid, camid=camera, platform=platform, folder=folder,
+                                   frame_names=list(frame_names), meta=meta))
         except DataError as error:
             skips.handle(error, split)
             tracks.append(None)

@@ -31,10 +31,10 @@ from typing import NamedTuple
 from tqdm import tqdm
 
 from .. import __version__
-from ..atomic import atomic_output, remove_temporaries, write_json_atomic
+from ..atomic import atomic_output, remove_temporaries, write_bytes_atomic, write_json_atomic
 from ..parallel import worker_pool
 from .errors import DataError, SkipLog
-from .jpeg import check_jpeg_structure
+from .jpeg import JpegStructureChecker, check_jpeg_structure
 from .layouts import StoredFrames, Tracklet, assign_train_labels, discover, hold_out_val
 from .manifest import (  # noqa: F401  (names re-exported for readers of shard sets)
     DATASET_INDEX_NAME,
@@ -126,7 +126,8 @@ class PlannedSample(NamedTuple):
     camid: int | None
     unknown: tuple[str, ...]
     meta_json: bytes
-    paths: list[str]  # the stored frames, in order
+    folder: str
+    names: list[str]  # the stored frames, in order
     sizes: list[int]  # their sizes when planned
 
 
@@ -161,10 +162,10 @@ def _inside(path: str, root: str) -> bool:
 def _inspect_frames(tracklet: Tracklet, max_frames: int, root: str, real_root: str,
                     follow: bool) -> Tracklet | DataError:
     """Choose and stat the frames the shard will keep (set as `tracklet.stored`), refusing links that lead out
-    of the dataset unless `follow` (then recording them). Runs in the workers, right after discovery."""
-    indices = stored_frame_indices(len(tracklet.frame_paths), max_frames)
-    paths = [tracklet.frame_paths[i] for i in indices]
-    links = []
+    of the dataset unless `follow` (then recording them). Runs in the workers, right after discovery; frames are
+    stat-ed relative to their folder (one name lookup each, as tar does)."""
+    indices = stored_frame_indices(len(tracklet.frame_names), max_frames)
+    folder, links = tracklet.folder, []
 
     def check_link(path: str, what: str) -> None:
         resolved = os.path.realpath(path)
@@ -175,20 +176,27 @@ def _inspect_frames(tracklet: Tracklet, max_frames: int, root: str, real_root: s
             links.append((os.path.relpath(path, root), resolved))
 
     try:
-        for folder in sorted({p[: p.rfind(os.sep)] for p in paths}):  # (os.path.dirname, at C speed)
-            check_link(folder, "folder")
-        stats = []
-        for path in paths:
-            try:
-                status = os.lstat(path)
-                if stat.S_ISLNK(status.st_mode):
-                    check_link(path, "frame")
-                    status = os.stat(path)
-            except OSError as error:
-                raise DataError(path, f"frame cannot be read ({error.strerror or error})") from None
-            if not stat.S_ISREG(status.st_mode):
-                raise DataError(path, "frame is not a regular file")
-            stats.append((status.st_size, status.st_mtime_ns))
+        check_link(folder, "folder")
+        try:
+            folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as error:
+            raise DataError(folder, f"folder cannot be read ({error.strerror or error})") from None
+        try:
+            stats = []
+            for name in (tracklet.frame_names[i] for i in indices):
+                try:
+                    status = os.lstat(name, dir_fd=folder_fd)
+                    if stat.S_ISLNK(status.st_mode):
+                        check_link(os.path.join(folder, name), "frame")
+                        status = os.stat(name, dir_fd=folder_fd)
+                except OSError as error:
+                    raise DataError(os.path.join(folder, name),
+                                    f"frame cannot be read ({error.strerror or error})") from None
+                if not stat.S_ISREG(status.st_mode):
+                    raise DataError(os.path.join(folder, name), "frame is not a regular file")
+                stats.append((status.st_size, status.st_mtime_ns))
+        finally:
+            os.close(folder_fd)
     except DataError as error:
         return error
     tracklet.stored = StoredFrames(indices, stats, links)
@@ -208,9 +216,9 @@ def sample_metadata(tracklet: Tracklet, split: str, layout: str, indices: list[i
         "label": tracklet.label,
         "camid": tracklet.camid,
         "platform": tracklet.platform,
-        "frame_names": [tracklet.frame_paths[i].rpartition(os.sep)[2] for i in indices],
+        "frame_names": [tracklet.frame_names[i] for i in indices],
         "frame_indices": indices,
-        "num_source_frames": len(tracklet.frame_paths),
+        "num_source_frames": len(tracklet.frame_names),
     }
     meta.update(tracklet.meta)
     return meta
@@ -236,7 +244,8 @@ def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: Shar
             shards.append(current)
             current = PlannedShard(split, len(shards))
         current.samples.append(PlannedSample(tracklet.key, tracklet.pid, tracklet.camid, tracklet.unknown, meta_json,
-                                             [tracklet.frame_paths[i] for i in stored.indices], sizes))
+                                             tracklet.folder, [tracklet.frame_names[i] for i in stored.indices],
+                                             sizes))
         current.estimated_bytes += size
         _update_fingerprint(current, meta_json, stored.stats)
     if current.samples:
@@ -257,20 +266,22 @@ def _update_fingerprint(shard: PlannedShard, meta_json: bytes, stats: list[tuple
 
 # ---------------------------------------------------------------- writing one shard
 
-def _read_frame(path: str, planned_size: int, options: ShardOptions) -> bytes:
-    """The frame's bytes (one open, one read, one close), structure-checked; re-encoded with `--resize`."""
+def _read_frame(folder_fd: int, folder: str, name: str, planned_size: int, options: ShardOptions,
+                check=check_jpeg_structure) -> bytes:
+    """The frame's bytes (one open relative to its folder, one read, one close), structure-checked; re-encoded
+    with `--resize`."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(name, os.O_RDONLY, dir_fd=folder_fd)
         try:
             data = os.read(fd, planned_size + 1)
         finally:
             os.close(fd)
     except OSError as error:
-        raise DataError(path, f"frame cannot be read ({error.strerror or error})") from None
+        raise DataError(os.path.join(folder, name), f"frame cannot be read ({error.strerror or error})") from None
     if len(data) != planned_size:
-        raise DataError(path, f"frame changed while sharding ({planned_size} bytes when planned, "
-                                   f"{len(data)}{'+' if len(data) > planned_size else ''} now); run again")
-    check_jpeg_structure(data, path)
+        raise DataError(os.path.join(folder, name), f"frame changed while sharding ({planned_size} bytes when "
+                        f"planned, {len(data)}{'+' if len(data) > planned_size else ''} now); run again")
+    check(data, os.path.join(folder, name))
     if options.resize is None:
         return data
     from PIL import Image
@@ -280,7 +291,7 @@ def _read_frame(path: str, planned_size: int, options: ShardOptions) -> bytes:
             height, width = options.resize
             resized = image.convert("RGB").resize((width, height), Image.BICUBIC)
     except OSError as error:
-        raise DataError(path, f"JPEG does not decode ({error})") from error
+        raise DataError(os.path.join(folder, name), f"JPEG does not decode ({error})") from error
     out = io.BytesIO()
     resized.save(out, format="JPEG", quality=options.resize_quality)
     return out.getvalue()
@@ -325,11 +336,19 @@ def ustar_header(name: str, size: int) -> bytes:
                      b"%06o\0 " % checksum, _HEADER_TAIL))
 
 
-def sample_bytes(sample: PlannedSample, options: ShardOptions) -> bytes:
+def sample_bytes(sample: PlannedSample, options: ShardOptions, check=check_jpeg_structure) -> bytes:
     """The tar members of one sample, json first, then the frames in order, as one block of bytes."""
-    width = max(4, len(str(len(sample.paths) - 1)))
-    names = [f"{sample.key}.json"] + [f"{sample.key}.{j:0{width}d}.jpg" for j in range(len(sample.paths))]
-    contents = [sample.meta_json] + [_read_frame(path, size, options) for path, size in zip(sample.paths, sample.sizes)]
+    width = max(4, len(str(len(sample.names) - 1)))
+    names = [f"{sample.key}.json"] + [f"{sample.key}.{j:0{width}d}.jpg" for j in range(len(sample.names))]
+    try:
+        folder_fd = os.open(sample.folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as error:
+        raise DataError(sample.folder, f"folder cannot be read ({error.strerror or error})") from None
+    try:
+        contents = [sample.meta_json] + [_read_frame(folder_fd, sample.folder, name, size, options, check)
+                                         for name, size in zip(sample.names, sample.sizes)]
+    finally:
+        os.close(folder_fd)
     parts: list[bytes] = []
     append = parts.append
     for name, data in zip(names, contents):  # once per frame of the whole dataset: kept lean
@@ -344,13 +363,14 @@ def sample_bytes(sample: PlannedSample, options: ShardOptions) -> bytes:
 def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions, root: str | None = None) -> dict:
     """Write one planned shard atomically; return its manifest entry (+ skip records under `skip`)."""
     skips = SkipLog(options.on_error, root=root)
+    check = JpegStructureChecker()  # frames of a tracklet share their header: it is walked once
     written: list[PlannedSample] = []
     digest, size = hashlib.sha256(), 0
     path = folder / shard.name
     with _disk_full_named(path), atomic_output(path, sync=False) as raw:  # made durable by `_sync_file`
         for sample in shard.samples:
             try:
-                data = sample_bytes(sample, options)
+                data = sample_bytes(sample, options, check)
             except DataError as error:
                 skips.handle(error, shard.split)
                 continue
@@ -371,11 +391,11 @@ def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions, root: 
         "sha256": digest.hexdigest(),
         "bytes": size,
         "samples": len(written),
-        "frames": sum(len(sample.paths) for sample in written),
+        "frames": sum(len(sample.names) for sample in written),
         "keys": [sample.key for sample in written],
         "pids": [sample.pid for sample in written],
         "camids": [sample.camid for sample in written],
-        "frame_counts": [len(sample.paths) for sample in written],
+        "frame_counts": [len(sample.names) for sample in written],
         "fingerprint": shard.fingerprint,
         "skipped": skips.skipped,
         "unknown": dict(sorted(unknown.items())),
@@ -383,9 +403,9 @@ def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions, root: 
 
 
 def _sync_file(path: Path) -> None:
-    """fsync a finished shard. Shards are renamed into place unsynced (a crash may leave a damaged one, which
+    """fsync a finished file. Shards are renamed into place unsynced (a crash may leave a damaged one, which
     --resume's sha256 check rewrites); the run syncs them here, in threads of the parent, while the workers go on,
-    and only then writes the manifests that say `complete: true`."""
+    and only then writes the manifests that say `complete: true` (synced the same way, together)."""
     with _disk_full_named(path):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -539,7 +559,7 @@ def _prepare_output(out: Path, overwrite: bool, resume: bool) -> None:
             _remove_previous_output(out)
     with _disk_full_named(out / OUTPUT_MARKER):
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / OUTPUT_MARKER, {"tool": "xfd-shard", "format_version": FORMAT_VERSION})
+        write_json_atomic(out / OUTPUT_MARKER, {"tool": "xfd-shard", "format_version": FORMAT_VERSION}, sync=False)
     remove_temporaries(out)
 
 
@@ -606,27 +626,40 @@ def _write_splits(pool, source: Path, out: Path, layout: str, options: ShardOpti
         return build_manifest(split, layout, options, entries[split], skipped,
                               num_classes if split == "train" else None, complete, links[split])
 
-    def write_manifest(split: str, manifest: dict) -> None:
+    def write_interim_manifest(split: str, manifest: dict) -> None:
         path = split_folder(out, split) / MANIFEST_NAME
-        with _disk_full_named(path):
-            write_json_atomic(path, manifest, sync=manifest["complete"])  # an interim one is a hint, re-checked
+        with _disk_full_named(path):  # a hint for --resume, which re-checks it: compact and unsynced
+            write_bytes_atomic(path, json.dumps(manifest, sort_keys=True).encode(), sync=False)
+
+    listed = dict.fromkeys(plans, 0)
+
+    def note_progress(split: str) -> None:
+        """Rewrite the split's interim manifest after each shard while there are few, then after every ~6 %
+        more: a kill loses at most that much work, and a run of thousands of shards is not quadratic in them."""
+        if len(entries[split]) - listed[split] >= max(1, len(entries[split]) // 16):
+            listed[split] = len(entries[split])
+            write_interim_manifest(split, manifest_for(split, complete=False))
 
     total_samples = sum(len(shard.samples) for shard, _, _, _ in tasks)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="xfd-shard-sync") as syncing, \
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="xfd-shard-sync") as syncing, \
             tqdm(total=total_samples, unit="tracklet", desc="xfd-shard", disable=not progress) as bar:
         synced = []
         for split, result in pool.map(_write_shard_task, tasks, ordered=False):
             synced.append(syncing.submit(_sync_file, split_folder(out, split) / result["name"]))
             entries[split].append(result)
-            write_manifest(split, manifest_for(split, complete=False))
+            note_progress(split)
             bar.update(result["samples"] + len(result["skipped"]))
         for future in synced:
             future.result()  # every shard on disk before any manifest says complete
 
-    manifests = {}
-    for split in plans:
-        manifests[split] = manifest_for(split, complete=True)
-        write_manifest(split, manifests[split])
+        manifests = {}
+        for split in plans:  # written first, then synced together (one journal commit rather than one each)
+            manifests[split] = manifest_for(split, complete=True)
+            path = split_folder(out, split) / MANIFEST_NAME
+            with _disk_full_named(path):
+                write_json_atomic(path, manifests[split], sync=False)
+        for future in [syncing.submit(_sync_file, split_folder(out, split) / MANIFEST_NAME) for split in plans]:
+            future.result()
     all_skips = SkipLog(options.on_error, skips.skipped + [
         record for split in plans for entry in entries[split] for record in entry["skipped"]
     ])
