@@ -1,5 +1,5 @@
-# The README's two commands: `make demo` and `make test`. Each creates .venv and installs xfd into it
-# on first use (pip's own cache, outside the repo, makes later installs fast).
+# The README's commands: `make demo`, `make test` (`make test-quick`: without the slow tests). Each creates .venv
+# and installs xfd into it on first use (pip's own cache, outside the repo, makes later installs fast).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/xfd/torch_extensions
 # DeepSpeed's accelerator: cuda where a GPU driver is present, else cpu (gloo).
 export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 
-.PHONY: demo ablate test bench install clean-venv
+.PHONY: demo ablate test test-quick bench install clean-venv
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,14 @@ ablate: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Everything but the tests marked slow (DeepSpeed launches, full trainings, default-size datasets).
+test-quick: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
 # The quick benchmarks; bench/rerank.py (minutes: N = 5k..20k against the dense form, --large 200000) runs alone.
 bench: $(VENV)/.installed
 	$(PY) bench/shard.py
+	$(PY) bench/synth.py
 	$(PY) bench/distance.py
 	$(PY) bench/metrics.py
 	$(PY) bench/model.py

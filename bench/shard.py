@@ -131,7 +131,8 @@ def main() -> int:
                 seconds = np.array([r[1][name] for r in rows])
                 slope, intercept = np.polyfit(frames, seconds, 1)
                 projected[name] = intercept + slope * DETREIDX_FRAMES
-                print(f"  {name:<24} {projected[name]:>8.0f} s  ({1e6 * slope:.1f} µs a frame, {intercept:.2f} s fixed)")
+                print(f"  {name:<24} {projected[name]:>8.0f} s  ({1e6 * slope:.1f} µs a frame, "
+                      f"{intercept:.2f} s fixed)")
             for name in projected:
                 if name != "tar cf":
                     print(f"  {name:<24} {projected['tar cf'] / projected[name]:.2f}x tar cf")
@@ -142,7 +143,8 @@ def main() -> int:
         print(f"\n{'stream (train split, in order)':<34} {'tracklets/s':>11} {'frames/s':>9}")
         for workers in sorted({0, cores}):
             seconds, count = stream_rate(folder / "train", args.frames, args.repeats, workers)
-            print(f"{f'DataLoader workers={workers}':<34} {count / seconds:>11.0f} {count * args.frames / seconds:>9.0f}")
+            rate = count / seconds
+            print(f"{f'DataLoader workers={workers}':<34} {rate:>11.0f} {rate * args.frames:>9.0f}")
         print(f"\nload average after: {_load()}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

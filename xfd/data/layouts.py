@@ -139,9 +139,9 @@ def _parse_frame_names(folder: Path, names: list[str], labelled: bool) -> tuple[
     """Parse every frame name of a tracklet; return the first frame's parse (None: an unlabelled tracklet whose
     names carry no metadata) and the number of distinct pids the names give. Frames must agree on the capture.
 
-    Names of one tracklet differ only in a trailing frame counter, so a parse is reused for names equal up to
-    their last field whenever that field cannot change the result (not an S<n>/G<n> field, not the angle of a
-    9-field name): every name is still checked, at one parse per tracklet.
+    Names of one tracklet usually differ only in a trailing frame counter, so a parse is reused for names equal
+    up to their last field whenever that field cannot change the result (not an S<n>/G<n> field, not the angle of
+    a 9-field name): every name is still checked, at one parse per tracklet.
     """
     first_names: dict = {}  # parse key -> the first name with it (name order)
     for name in names:

@@ -36,15 +36,7 @@ from ..parallel import worker_pool
 from .errors import DataError, SkipLog
 from .jpeg import JpegStructureChecker, check_jpeg_structure
 from .layouts import StoredFrames, Tracklet, assign_train_labels, discover, hold_out_val
-from .manifest import (  # noqa: F401  (names re-exported for readers of shard sets)
-    DATASET_INDEX_NAME,
-    FORMAT_VERSION,
-    MANIFEST_NAME,
-    SHARD_NAME,
-    read_json,
-    read_manifest,
-    shard_path,
-)
+from .manifest import DATASET_INDEX_NAME, FORMAT_VERSION, MANIFEST_NAME, SHARD_NAME, read_manifest
 from .sampling import evenly_spaced_indices
 
 OUTPUT_MARKER = ".xfd-shard"

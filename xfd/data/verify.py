@@ -168,8 +168,8 @@ def _listed_splits(root: Path, sets: list[Path]) -> tuple[dict[Path, dict], list
         for split, info in sorted(splits.items()):
             folder = owner.joinpath(*split.split("/"))
             if ".." in split.split("/") or split.startswith("/"):
-                missing.append(SplitReport(split, 0, 0, 0, 0, 0,
-                                           [f"{owner / DATASET_INDEX_NAME}: split name {split!r} is not a relative path"]))
+                problem = f"{owner / DATASET_INDEX_NAME}: split name {split!r} is not a relative path"
+                missing.append(SplitReport(split, 0, 0, 0, 0, 0, [problem]))
             elif not (folder / MANIFEST_NAME).is_file():
                 missing.append(SplitReport(str(folder.relative_to(root)), 0, 0, 0, 0, 0, [
                     f"{owner / DATASET_INDEX_NAME} lists split {split!r} but {folder / MANIFEST_NAME} is missing"]))
