@@ -92,6 +92,7 @@ def test_a_protocol_without_any_tracklet_anywhere_still_gives_a_report(shard_roo
     assert (out / "submission.csv").read_text().splitlines() == ["row_id,case,query_tracklet,ranked_gallery_tracklets"]
 
 
+@pytest.mark.slow  # every frame of every tracklet through the model
 def test_frames_clips_averages_every_frame_and_says_so(shard_root, tmp_path):
     runs = {}
     for frames in ("even", "clips"):

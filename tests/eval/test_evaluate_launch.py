@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))  # the engine test
 
 from launching import DEEPSPEED, run_launch  # noqa: E402
 
+pytestmark = pytest.mark.slow  # deepspeed launches of 2 CPU ranks (`make test-quick` leaves them out)
+
 PROTOCOLS = ("A2G", "G2A", "A2A")
 QUERIES = 8  # test identities: one query and one gallery tracklet each per protocol
 # batches of 5 span the 3-tracklet shards in one process but not in the same way on two ranks

@@ -71,6 +71,7 @@ def test_a_model_file_that_does_not_fit_its_config_names_the_keys(model_file, tm
         load_trained_model(bad)
 
 
+@pytest.mark.slow  # the whole evaluation CLI
 def test_evaluate_cli_writes_the_report(model_file, shard_root, tmp_path, capsys):
     path, _ = model_file
     out = tmp_path / "eval"

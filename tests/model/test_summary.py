@@ -42,6 +42,7 @@ def _vit_l14_backbone_flops_per_frame() -> float:
     return blocks * per_block + 2 * (18 * 9) * (3 * 14 * 14) * d + 2 * d * 768  # + patch conv, projection
 
 
+@pytest.mark.slow  # a full ViT-L/14
 def test_vit_l14_summary_counts_open_clip_plus_ours():
     model = build_model(load_config("xfd_vitl14.yaml", ["model.backbone.pretrained=null"]))
     assert model.encoder.visual.grid_size == (18, 9)
