@@ -7,7 +7,9 @@ change of machine load hits all of them alike: `tar cf` of the split folders, `x
 `xfd-shard --workers 2` (every check on: name parsing, JPEG structure walk, sha256, manifests; `--max-frames 0` so
 that both copy every frame). Each figure is the best of `--repeats`; the page cache is warm for all of them, and
 every output is deleted outside the timed region. The ratios `tar seconds / xfd-shard seconds` (1.0 = as fast as
-tar) are what to compare across machines; the load average is printed before and after. Finally the times are
+tar) are what to compare across machines; the load average is printed before and after. CPU seconds (user +
+system, the pool's workers included) are printed too: on a machine other jobs keep busy, they say what the
+wall-clock ratios would be on idle cores (with 2 workers on 2 idle cores, about half the CPU seconds). Finally the times are
 fitted as `a + b · frames` over the sizes and projected to DetReIDX's 11.75 M frames (at the synthetic frames'
 size: real frames are larger, which favours neither tool). The stream's read rate follows.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -24,10 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch.utils.data
 
 from xfd.data.shard import ShardOptions, shard_dataset
-from xfd.data.stream import StreamOptions, tracklet_stream
 from xfd.data.synth.dataset import generate
 from xfd.data.synth.plan import SynthConfig
 
@@ -43,14 +44,21 @@ def _frames(root: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def _timed(function) -> float:
-    started = time.perf_counter()
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its waited-for children (tar, the pool's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _timed(function) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call."""
+    cpu, started = _cpu_seconds(), time.perf_counter()
     function()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _cpu_seconds() - cpu
 
 
-def measure(source: Path, scratch: Path, repeats: int, shard_size: float) -> dict[str, float]:
-    """Best-of-`repeats` seconds of tar and xfd-shard with 1 and 2 workers, interleaved."""
+def measure(source: Path, scratch: Path, repeats: int, shard_size: float) -> dict[str, tuple[float, float]]:
+    """Best-of-`repeats` (wall, CPU) seconds of tar and xfd-shard with 1 and 2 workers, interleaved."""
     folders = sorted(p.name for p in source.iterdir() if p.is_dir())  # the dataset, not synth_truth.json
     archive, out = scratch / "all.tar", scratch / "shards"
     options = ShardOptions(max_frames=0, shard_size_mb=shard_size)
@@ -69,23 +77,29 @@ def measure(source: Path, scratch: Path, repeats: int, shard_size: float) -> dic
     for run in runs.values():  # warm the page cache and the code paths
         clean()
         run()
-    best = {name: float("inf") for name in runs}
+    best = {name: (float("inf"), float("inf")) for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
             clean()
-            best[name] = min(best[name], _timed(run))
+            best[name] = min(best[name], _timed(run))  # the fastest run, with its CPU time
     clean()
     return best
 
 
 def stream_rate(folder: Path, frames: int, repeats: int, workers: int) -> tuple[float, int]:
+    # imported here, after the shard measurements: a parent holding torch makes every fork of xfd-shard's pool
+    # costlier than it is from the xfd-shard command, which never imports torch
+    import torch.utils.data
+
+    from xfd.data.stream import StreamOptions, tracklet_stream
+
     def read():
         loader = torch.utils.data.DataLoader(tracklet_stream(folder, StreamOptions(num_frames=frames)),
                                              batch_size=None, num_workers=workers)
         return sum(1 for _ in loader)
 
     count = read()
-    return min(_timed(read) for _ in range(repeats)), count
+    return min(_timed(read)[0] for _ in range(repeats)), count
 
 
 def main() -> int:
@@ -113,14 +127,16 @@ def main() -> int:
                 sources.append(folder)
 
         rows = []
-        print(f"\n{'frames':>8} {'MB':>7} {'tool':<24} {'seconds':>8} {'MB/s':>7} {'frames/s':>9} {'vs tar':>7}")
+        print(f"\n{'frames':>8} {'MB':>7} {'tool':<24} {'seconds':>8} {'MB/s':>7} {'frames/s':>9} {'vs tar':>7} "
+              f"{'CPU s':>7} {'CPU vs tar':>10}")
         for source in sources:
             frames, size = _frames(source)
             best = measure(source, scratch, args.repeats, args.shard_size)
-            rows.append((frames, best))
-            for name, seconds in best.items():
+            rows.append((frames, {name: wall for name, (wall, _) in best.items()}))
+            tar_wall, tar_cpu = best["tar cf"]
+            for name, (seconds, cpu) in best.items():
                 print(f"{frames:>8} {size / 1e6:>7.1f} {name:<24} {seconds:>8.3f} {size / 1e6 / seconds:>7.1f} "
-                      f"{frames / seconds:>9.0f} {best['tar cf'] / seconds:>6.2f}x")
+                      f"{frames / seconds:>9.0f} {tar_wall / seconds:>6.2f}x {cpu:>7.3f} {tar_cpu / cpu:>9.2f}x")
 
         if len(rows) >= 2:
             print(f"\nprojection to DetReIDX's {DETREIDX_FRAMES / 1e6:.2f} M frames (least squares a + b·frames over "
