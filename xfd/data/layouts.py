@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class StoredFrames:
     """What the shard tool learns of the frames it will keep: their indices in `frame_names`, (size, mtime) of
     each, and the links it followed out of the dataset ((relative path, resolved path), with --follow-symlinks)."""
 
-    indices: list[int]
+    indices: Sequence[int]  # a range when every frame is kept
     stats: list[tuple[int, int]]
     links: list[tuple[str, str]] = field(default_factory=list)
 

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from tqdm import tqdm
 
@@ -140,10 +140,11 @@ class PlannedShard:
 
 # ---------------------------------------------------------------- frames to keep, and their sizes
 
-def stored_frame_indices(num_frames: int, max_frames: int) -> list[int]:
-    """Frames kept in the shard: all of them, or `max_frames` evenly spaced ones."""
+def stored_frame_indices(num_frames: int, max_frames: int) -> Sequence[int]:
+    """Frames kept in the shard: all of them (a range: cheap to send between processes), or `max_frames` evenly
+    spaced ones."""
     if max_frames == 0 or num_frames <= max_frames:
-        return list(range(num_frames))
+        return range(num_frames)
     return evenly_spaced_indices(num_frames, max_frames)
 
 
@@ -197,7 +198,7 @@ def _inspect_frames(tracklet: Tracklet, max_frames: int, root: str, real_root: s
 
 # ---------------------------------------------------------------- planning
 
-def sample_metadata(tracklet: Tracklet, split: str, layout: str, indices: list[int]) -> dict:
+def sample_metadata(tracklet: Tracklet, split: str, layout: str, indices: Sequence[int]) -> dict:
     """The `<key>.json` of a sample (schema in data_shards/README.md)."""
     meta = {
         "format_version": FORMAT_VERSION,
@@ -209,7 +210,7 @@ def sample_metadata(tracklet: Tracklet, split: str, layout: str, indices: list[i
         "camid": tracklet.camid,
         "platform": tracklet.platform,
         "frame_names": [tracklet.frame_names[i] for i in indices],
-        "frame_indices": indices,
+        "frame_indices": list(indices),
         "num_source_frames": len(tracklet.frame_names),
     }
     meta.update(tracklet.meta)
@@ -235,9 +236,10 @@ def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: Shar
         if full_by_count or full_by_size:
             shards.append(current)
             current = PlannedShard(split, len(shards))
+        names = tracklet.frame_names if len(stored.indices) == len(tracklet.frame_names) else \
+            [tracklet.frame_names[i] for i in stored.indices]
         current.samples.append(PlannedSample(tracklet.key, tracklet.pid, tracklet.camid, tracklet.unknown, meta_json,
-                                             tracklet.folder, [tracklet.frame_names[i] for i in stored.indices],
-                                             sizes))
+                                             tracklet.folder, names, sizes))
         current.estimated_bytes += size
         _update_fingerprint(current, meta_json, stored.stats)
     if current.samples:
