@@ -7,7 +7,8 @@ change of machine load hits all of them alike: `tar cf` of the split folders, `x
 `xfd-shard --workers 2` (every check on: name parsing, JPEG structure walk, sha256, manifests; `--max-frames 0` so
 that both copy every frame). Each figure is the best of `--repeats`; the page cache is warm for all of them, and
 every output is deleted outside the timed region. The ratios `tar seconds / xfd-shard seconds` (1.0 = as fast as
-tar) are what to compare across machines; the load average is printed before and after. CPU seconds (user +
+tar) are what to compare across machines; the load average, and how much faster two processes finish two CPU-bound
+loops than one (2.0 on two idle cores), are printed before and after. CPU seconds (user +
 system, the pool's workers included) are printed too: on a machine other jobs keep busy, they say what the
 wall-clock ratios would be on idle cores (with 2 workers on 2 idle cores, about half the CPU seconds). Finally the times are
 fitted as `a + b · frames` over the sizes and projected to DetReIDX's 11.75 M frames (at the synthetic frames'
@@ -37,6 +38,25 @@ DETREIDX_FRAMES = 11_750_000
 
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def parallel_headroom(n: int = 2_000_000) -> float:
+    """How much faster two processes finish two equal CPU-bound loops than one process: 2.0 on two idle cores,
+    about 1.0 when other jobs leave this run one core's worth. It tells how to read the --workers 2 figures."""
+    import multiprocessing
+
+    serial = _timed(lambda: (_spin(n), _spin(n)))[0]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(_spin, [1, 1])  # started
+        parallel = _timed(lambda: pool.map(_spin, [n, n]))[0]
+    return serial / parallel
 
 
 def _frames(root: Path) -> tuple[int, int]:
@@ -114,7 +134,8 @@ def main() -> int:
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     scratch = Path(tempfile.mkdtemp(prefix="xfd-bench-shard-"))
-    print(f"{cores} cores; load average before: {_load()}")
+    print(f"{cores} cores; load average before: {_load()}; parallel headroom of 2 processes: "
+          f"{parallel_headroom():.2f}x (2.00 = two idle cores)")
     try:
         sources = []
         if args.source:
@@ -161,7 +182,7 @@ def main() -> int:
             seconds, count = stream_rate(folder / "train", args.frames, args.repeats, workers)
             rate = count / seconds
             print(f"{f'DataLoader workers={workers}':<34} {rate:>11.0f} {rate * args.frames:>9.0f}")
-        print(f"\nload average after: {_load()}")
+        print(f"\nload average after: {_load()}; parallel headroom of 2 processes: {parallel_headroom():.2f}x")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
