@@ -11,7 +11,8 @@ from pathlib import Path
 from ..data.errors import ON_ERROR_POLICIES, DataError
 from ..data.layouts import LAYOUTS
 from ..data.metadata import CAMID_RULES
-from ..data.shard import DiskFullError, ShardOptions, shard_dataset
+from ..data.output import DiskFullError
+from ..data.shard import ShardOptions, shard_dataset
 from ..data.summary import format_summary, rows_from_manifests
 from ..data.verify import verify_dataset
 

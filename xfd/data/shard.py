@@ -2,31 +2,25 @@
 
 One sample per tracklet: `<key>.json` (metadata) then `<key>.0000.jpg …` (frame JPEG bytes, copied, never
 re-encoded unless a resize is asked). The run has four steps, the middle two and the last spread over the worker
-processes: discover the tracklets (folder listings, name parsing), stat the frames to keep (sizes, links), plan
-the shards from those sizes (so the same input always gives the same shards), and write each shard to a
-temporary name, hashed while written, then renamed. The manifest is rewritten (atomically) after every finished
-shard, so `--resume` after a kill skips every shard whose file still matches its recorded sha256 and plan, and
-ends with the same bytes as an uninterrupted run.
-
-Safety of the output folder: OUT may not be, contain or lie inside the source dataset, and `--overwrite` or
-`--resume` act only on a folder xfd-shard wrote (its `dataset.json` or the `.xfd-shard` marker written first
-thing); `--overwrite` then deletes only the files xfd-shard writes.
+processes: discover the tracklets (folder listings, name parsing) and stat the frames to keep (sizes, links), plan
+the shards from those sizes (so the same input always gives the same shards), and write each shard (members built
+by `tar_members.py`) to a temporary name, hashed while written, then renamed; threads of this process fsync the
+finished shards meanwhile. The manifest is rewritten (atomically) as shards finish, so `--resume` after a kill
+skips every shard whose file still matches its recorded sha256 and plan, and ends with the same bytes as an
+uninterrupted run. What may be written where, and what a full disk says, is `output.py`'s.
 """
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
-import io
 import json
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 from tqdm import tqdm
 
@@ -34,12 +28,12 @@ from .. import __version__
 from ..atomic import atomic_output, remove_temporaries, write_bytes_atomic, write_json_atomic
 from ..parallel import worker_pool
 from .errors import DataError, SkipLog
-from .jpeg import JpegStructureChecker, check_jpeg_structure
+from .jpeg import JpegStructureChecker
 from .layouts import StoredFrames, Tracklet, assign_train_labels, discover, hold_out_val
 from .manifest import DATASET_INDEX_NAME, FORMAT_VERSION, MANIFEST_NAME, SHARD_NAME, read_manifest
+from .output import check_output_location, disk_full_named, prepare_output, sync_file
 from .sampling import evenly_spaced_indices
-
-OUTPUT_MARKER = ".xfd-shard"
+from .tar_members import PlannedSample, archive_end, sample_bytes
 TRAINING_SPLITS = ("train", "val")
 
 
@@ -77,50 +71,6 @@ class ShardOptions:
     def labelled(self, split: str) -> bool:
         """Training splits always carry identities; the others unless the run shards them `unlabelled`."""
         return split in TRAINING_SPLITS or not self.unlabelled
-
-
-class UnsafeOutputError(ValueError):
-    """OUT is, contains or lies inside the source, or holds something xfd-shard did not write."""
-
-
-class DiskFullError(OSError):
-    """The output disk filled up; the message says what was being written and how to resume."""
-
-    def __init__(self, path: str):
-        super().__init__(errno.ENOSPC, f"disk full while writing {path}: its temporary file was removed and every "
-                                       "finished shard is kept; free some space (or pick another OUT) and run the "
-                                       "same command again with --resume")
-        self.path = path
-
-    def __reduce__(self):
-        return DiskFullError, (self.path,)
-
-    def __str__(self) -> str:
-        return self.strerror
-
-
-@contextmanager
-def _disk_full_named(path: Path):
-    """Turn ENOSPC while writing `path` into a DiskFullError naming it."""
-    try:
-        yield
-    except OSError as error:
-        if error.errno == errno.ENOSPC and not isinstance(error, DiskFullError):
-            raise DiskFullError(str(path)) from None
-        raise
-
-
-class PlannedSample(NamedTuple):
-    """What writing one sample needs (and no more: planned shards are sent to the worker processes)."""
-
-    key: str
-    pid: int | None
-    camid: int | None
-    unknown: tuple[str, ...]
-    meta_json: bytes
-    folder: str
-    names: list[str]  # the stored frames, in order
-    sizes: list[int]  # their sizes when planned
 
 
 @dataclass
@@ -260,119 +210,6 @@ def _update_fingerprint(shard: PlannedShard, meta_json: bytes, stats: list[tuple
 
 # ---------------------------------------------------------------- writing one shard
 
-def _read_frame(folder_fd: int, folder: str, name: str, planned_size: int, options: ShardOptions,
-                check=check_jpeg_structure) -> bytes:
-    """The frame's bytes (one open relative to its folder, one read, one close), structure-checked; re-encoded
-    with `--resize`."""
-    try:
-        fd = os.open(name, os.O_RDONLY, dir_fd=folder_fd)
-        try:
-            data = os.read(fd, planned_size + 1)
-        finally:
-            os.close(fd)
-    except OSError as error:
-        raise DataError(os.path.join(folder, name), f"frame cannot be read ({error.strerror or error})") from None
-    if len(data) != planned_size:
-        raise DataError(os.path.join(folder, name), f"frame changed while sharding ({planned_size} bytes when "
-                        f"planned, {len(data)}{'+' if len(data) > planned_size else ''} now); run again")
-    check(data, os.path.join(folder, name))
-    if options.resize is None:
-        return data
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            height, width = options.resize
-            resized = image.convert("RGB").resize((width, height), Image.BICUBIC)
-    except OSError as error:
-        raise DataError(os.path.join(folder, name), f"JPEG does not decode ({error})") from error
-    out = io.BytesIO()
-    resized.save(out, format="JPEG", quality=options.resize_quality)
-    return out.getvalue()
-
-
-_BLOCK = 512
-_RECORD = 20 * _BLOCK  # tar's default blocking factor: archives end on a 10240-byte boundary
-# ustar header of a regular file with every field fixed but name and size: mode 0644, uid/gid 0, mtime 0, type
-# '0', no link name, magic "ustar\0" + version "00", empty owner names, no device numbers, no prefix.
-_HEADER_BEFORE_SIZE = b"%07o\0" % 0o644 + b"%07o\0" % 0 + b"%07o\0" % 0
-_HEADER_AFTER_SIZE = b"%011o\0" % 0
-_HEADER_TAIL = b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 247
-_CHECKSUM_CONSTANT = sum(_HEADER_BEFORE_SIZE) + sum(_HEADER_AFTER_SIZE) + 8 * 32 + sum(_HEADER_TAIL)
-# the whole header in one formatting step: name (padded to 100 bytes), size, checksum
-_HEADER = b"%s" + _HEADER_BEFORE_SIZE + b"%011o\0" + _HEADER_AFTER_SIZE + b"%06o\0 " + _HEADER_TAIL
-_ZEROS = bytes(2 * _RECORD)
-_PADDING = tuple(_ZEROS[: (_BLOCK - r) % _BLOCK] for r in range(_BLOCK))  # after a member of size ≡ r (mod 512)
-
-
-def _member(name: str, size: int):
-    """tarfile's TarInfo with the same fixed fields (the reference `ustar_header` is tested against)."""
-    import tarfile
-
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
-def ustar_header(name: str, size: int) -> bytes:
-    """The 512-byte USTAR header tarfile writes for `_member(name, size)`, built directly.
-
-    tarfile's general header code costs more than reading the frame itself; shards have millions of
-    members, so the fixed-field header is assembled here (a test checks it equals tarfile's byte for byte).
-    """
-    encoded = name.encode("ascii")
-    if len(encoded) > 100 or size >= 8 ** 11:
-        import tarfile
-
-        return _member(name, size).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
-    return _HEADER % (encoded.ljust(100, b"\0"), size, _CHECKSUM_CONSTANT + sum(encoded) + sum(b"%011o" % size))
-
-
-def sample_bytes(sample: PlannedSample, options: ShardOptions, check=check_jpeg_structure) -> bytes:
-    """The tar members of one sample, json first, then the frames in order, as one block of bytes.
-
-    The loop below runs once per frame of the whole dataset, so it does the least it can: frames opened relative
-    to their folder, read in one call, header walks shared by the tracklet (`check`), headers formatted in one
-    step, paddings taken from a table."""
-    width = max(4, len(str(len(sample.names) - 1)))
-    names = [f"{sample.key}.{j:0{width}d}.jpg" for j in range(len(sample.names))]
-    parts = [ustar_header(f"{sample.key}.json", len(sample.meta_json)), sample.meta_json,
-             _PADDING[len(sample.meta_json) % _BLOCK]]
-    append = parts.append
-    try:
-        folder_fd = os.open(sample.folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as error:
-        raise DataError(sample.folder, f"folder cannot be read ({error.strerror or error})") from None
-    try:
-        for member, name, size in zip(names, sample.names, sample.sizes):
-            if options.resize is None:
-                try:
-                    fd = os.open(name, os.O_RDONLY, dir_fd=folder_fd)
-                    try:
-                        data = os.read(fd, size + 1)
-                    finally:
-                        os.close(fd)
-                except OSError:
-                    data = None
-                if data is None or len(data) != size:
-                    data = _read_frame(folder_fd, sample.folder, name, size, options, check)  # raises, naming it
-                check(data, name)
-            else:
-                data = _read_frame(folder_fd, sample.folder, name, size, options, check)
-            append(ustar_header(member, len(data)))
-            append(data)
-            append(_PADDING[len(data) % _BLOCK])
-    except DataError as error:  # `check` names the frame by its file name alone; give its path
-        if error.item in sample.names:
-            raise DataError(os.path.join(sample.folder, error.item), error.rule) from None
-        raise
-    finally:
-        os.close(folder_fd)
-    return b"".join(parts)
-
-
 def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions, root: str | None = None) -> dict:
     """Write one planned shard atomically; return its manifest entry (+ skip records under `skip`)."""
     skips = SkipLog(options.on_error, root=root)
@@ -380,10 +217,10 @@ def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions, root: 
     written: list[PlannedSample] = []
     digest, size = hashlib.sha256(), 0
     path = folder / shard.name
-    with _disk_full_named(path), atomic_output(path, sync=False) as raw:  # made durable by `_sync_file`
+    with disk_full_named(path), atomic_output(path, sync=False) as raw:  # made durable by `sync_file`
         for sample in shard.samples:
             try:
-                data = sample_bytes(sample, options, check)
+                data = sample_bytes(sample, options.resize, options.resize_quality, check)
             except DataError as error:
                 skips.handle(error, shard.split)
                 continue
@@ -391,7 +228,7 @@ def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions, root: 
             digest.update(data)
             size += len(data)
             written.append(sample)
-        end = _ZEROS[: 2 * _BLOCK + (-(size + 2 * _BLOCK)) % _RECORD]  # two zero blocks, then a full record
+        end = archive_end(size)
         raw.write(end)
         digest.update(end)
         size += len(end)
@@ -413,18 +250,6 @@ def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions, root: 
         "skipped": skips.skipped,
         "unknown": dict(sorted(unknown.items())),
     }
-
-
-def _sync_file(path: Path) -> None:
-    """fsync a finished file. Shards are renamed into place unsynced (a crash may leave a damaged one, which
-    --resume's sha256 check rewrites); the run syncs them here, in threads of the parent, while the workers go on,
-    and only then writes the manifests that say `complete: true` (synced the same way, together)."""
-    with _disk_full_named(path):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _write_shard_task(task) -> tuple[str, dict]:
@@ -522,60 +347,6 @@ def _remove_stale(folder: Path, planned: list[PlannedShard]) -> None:
     remove_temporaries(folder)
 
 
-# ---------------------------------------------------------------- the output folder
-
-def check_output_location(source: Path, out: Path) -> None:
-    """Refuse an OUT that is the source dataset, contains it or lies inside it (links resolved)."""
-    real_source, real_out = Path(source).resolve(), Path(out).resolve()
-    if real_out == real_source:
-        raise UnsafeOutputError(f"OUT {out} is the source dataset {source}: choose an output folder outside it")
-    if real_out in real_source.parents:
-        raise UnsafeOutputError(f"OUT {out} contains the source dataset {source}: choose an output folder that "
-                                "does not hold the source")
-    if real_source in real_out.parents:
-        raise UnsafeOutputError(f"OUT {out} lies inside the source dataset {source}: choose an output folder "
-                                "outside it")
-
-
-def is_shard_output(folder: Path) -> bool:
-    """A folder xfd-shard wrote: it has the marker of a run (written first) or the dataset index (written last)."""
-    return (folder / OUTPUT_MARKER).is_file() or (folder / DATASET_INDEX_NAME).is_file()
-
-
-def _remove_previous_output(out: Path) -> None:
-    """Delete what xfd-shard writes (shards, manifests, temporaries, dataset.json, marker) under `out` and the
-    folders this leaves empty; anything else is left where it is. Links are not followed."""
-    for folder, subfolders, files in os.walk(out, topdown=False):
-        folder = Path(folder)
-        for name in files:
-            if SHARD_NAME.match(name) or name == MANIFEST_NAME:
-                (folder / name).unlink()
-        remove_temporaries(folder)
-        if folder != out and not any(folder.iterdir()):
-            folder.rmdir()
-    for name in (DATASET_INDEX_NAME, OUTPUT_MARKER):
-        (out / name).unlink(missing_ok=True)
-
-
-def _prepare_output(out: Path, overwrite: bool, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UnsafeOutputError(f"OUT {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not (overwrite or resume):
-            raise FileExistsError(f"{out} is not empty: pass --resume to continue a run or --overwrite to replace it")
-        if not is_shard_output(out):
-            raise UnsafeOutputError(
-                f"{out} is not empty and is not an xfd-shard output (it has no {DATASET_INDEX_NAME} and no "
-                f"{OUTPUT_MARKER} marker): refusing to {'replace' if overwrite else 'resume into'} it; choose "
-                "an empty or new output folder")
-        if overwrite:
-            _remove_previous_output(out)
-    with _disk_full_named(out / OUTPUT_MARKER):
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / OUTPUT_MARKER, {"tool": "xfd-shard", "format_version": FORMAT_VERSION}, sync=False)
-    remove_temporaries(out)
-
-
 # ---------------------------------------------------------------- the whole run
 
 @dataclass
@@ -613,7 +384,7 @@ def shard_dataset(source: Path, out: Path, options: ShardOptions, workers: int =
         for split in splits:
             if not plans[split]:
                 raise DataError(f"{source} [{split}]", "split is empty: no tracklet left to shard")
-        _prepare_output(out, overwrite, resume)
+        prepare_output(out, overwrite, resume)
         links = {split: [link for t in tracklets for link in t.stored.links] for split, tracklets in splits.items()}
         return _write_splits(pool, source, out, layout, options, plans, links, num_classes, skips, resume, progress)
 
@@ -625,7 +396,7 @@ def _write_splits(pool, source: Path, out: Path, layout: str, options: ShardOpti
     reused = 0
     for split, planned in plans.items():
         folder = split_folder(out, split)
-        with _disk_full_named(folder):
+        with disk_full_named(folder):
             folder.mkdir(parents=True, exist_ok=True)
         keep = _reusable_entries(folder, planned) if resume else {}
         _remove_stale(folder, planned)
@@ -641,7 +412,7 @@ def _write_splits(pool, source: Path, out: Path, layout: str, options: ShardOpti
 
     def write_interim_manifest(split: str, manifest: dict) -> None:
         path = split_folder(out, split) / MANIFEST_NAME
-        with _disk_full_named(path):  # a hint for --resume, which re-checks it: compact and unsynced
+        with disk_full_named(path):  # a hint for --resume, which re-checks it: compact and unsynced
             write_bytes_atomic(path, json.dumps(manifest, sort_keys=True).encode(), sync=False)
 
     listed = dict.fromkeys(plans, 0)
@@ -658,7 +429,7 @@ def _write_splits(pool, source: Path, out: Path, layout: str, options: ShardOpti
             tqdm(total=total_samples, unit="tracklet", desc="xfd-shard", disable=not progress) as bar:
         synced = []
         for split, result in pool.map(_write_shard_task, tasks, ordered=False):
-            synced.append(syncing.submit(_sync_file, split_folder(out, split) / result["name"]))
+            synced.append(syncing.submit(sync_file, split_folder(out, split) / result["name"]))
             entries[split].append(result)
             note_progress(split)
             bar.update(result["samples"] + len(result["skipped"]))
@@ -669,14 +440,14 @@ def _write_splits(pool, source: Path, out: Path, layout: str, options: ShardOpti
         for split in plans:  # written first, then synced together (one journal commit rather than one each)
             manifests[split] = manifest_for(split, complete=True)
             path = split_folder(out, split) / MANIFEST_NAME
-            with _disk_full_named(path):
+            with disk_full_named(path):
                 write_json_atomic(path, manifests[split], sync=False)
-        for future in [syncing.submit(_sync_file, split_folder(out, split) / MANIFEST_NAME) for split in plans]:
+        for future in [syncing.submit(sync_file, split_folder(out, split) / MANIFEST_NAME) for split in plans]:
             future.result()
     all_skips = SkipLog(options.on_error, skips.skipped + [
         record for split in plans for entry in entries[split] for record in entry["skipped"]
     ])
-    with _disk_full_named(out / DATASET_INDEX_NAME):
+    with disk_full_named(out / DATASET_INDEX_NAME):
         write_json_atomic(out / DATASET_INDEX_NAME, {
             "format_version": FORMAT_VERSION,
             "tool_version": __version__,
