@@ -3,16 +3,17 @@
     python bench/shard.py [--sizes 16:8,32:16,64:32] [--repeats 3] [--source DETREIDX_DIR]
 
 For each size an xfd-synth dataset is generated (or --source is used as the one size), then, in turns so that a
-change of machine load hits all of them alike: `tar cf` of the split folders, `xfd-shard --workers 1` and
-`xfd-shard --workers 2` (every check on: name parsing, JPEG structure walk, sha256, manifests; `--max-frames 0` so
-that both copy every frame). Each figure is the best of `--repeats`; the page cache is warm for all of them, and
-every output is deleted outside the timed region. The ratios `tar seconds / xfd-shard seconds` (1.0 = as fast as
-tar) are what to compare across machines; the load average, and how much faster two processes finish two CPU-bound
-loops than one (2.0 on two idle cores), are printed before and after. CPU seconds (user +
-system, the pool's workers included) are printed too: on a machine other jobs keep busy, they say what the
-wall-clock ratios would be on idle cores (with 2 workers on 2 idle cores, about half the CPU seconds). Finally the times are
-fitted as `a + b · frames` over the sizes and projected to DetReIDX's 11.75 M frames (at the synthetic frames'
-size: real frames are larger, which favours neither tool). The stream's read rate follows.
+change of machine load hits all of them alike: `tar cf` of the split folders; `tar cf` followed by an fsync of the
+archive (xfd-shard's shards are on disk when it returns); `xfd-shard --workers 1` and `--workers 2` (every check
+on: name parsing, JPEG structure walk, sha256, manifests; `--max-frames 0` so that both copy every frame). Each
+figure is the best of `--repeats`; the page cache is warm for all of them, and every output is deleted outside the
+timed region. The ratios `tar seconds / xfd-shard seconds` (1.0 = as fast as tar) are what to compare across
+machines; the load average, and how much faster two processes finish two CPU-bound loops than one (2.0 on two idle
+cores), are printed before and after. CPU seconds (user + system, the pool's workers included) are printed too: on
+a machine other jobs keep busy they say what idle cores would give (2 workers on 2 idle cores: about half the CPU
+seconds). Finally the times are fitted as `a + b · frames` over the sizes and projected to DetReIDX's 11.75 M
+frames (at the synthetic frames' size: real frames are larger, which favours neither tool). The stream's read
+rate follows.
 """
 
 from __future__ import annotations
@@ -86,6 +87,14 @@ def measure(source: Path, scratch: Path, repeats: int, shard_size: float) -> dic
     def tar():
         subprocess.run(["tar", "cf", str(archive), "-C", str(source), *folders], check=True)
 
+    def durable_tar():  # what xfd-shard guarantees too: the archive on disk when the command returns
+        tar()
+        fd = os.open(archive, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def shard(workers: int):
         return lambda: shard_dataset(source, out, options, workers=workers, progress=False)
 
@@ -93,7 +102,8 @@ def measure(source: Path, scratch: Path, repeats: int, shard_size: float) -> dic
         archive.unlink(missing_ok=True)
         shutil.rmtree(out, ignore_errors=True)
 
-    runs = {"tar cf": tar, "xfd-shard --workers 1": shard(1), "xfd-shard --workers 2": shard(2)}
+    runs = {"tar cf": tar, "tar cf + fsync": durable_tar, "xfd-shard --workers 1": shard(1),
+            "xfd-shard --workers 2": shard(2)}
     for run in runs.values():  # warm the page cache and the code paths
         clean()
         run()
@@ -165,6 +175,8 @@ def main() -> int:
             frames = np.array([r[0] for r in rows], dtype=float)
             projected = {}
             for name in rows[0][1]:
+                if name == "tar cf + fsync":
+                    continue
                 seconds = np.array([r[1][name] for r in rows])
                 slope, intercept = np.polyfit(frames, seconds, 1)
                 projected[name] = intercept + slope * DETREIDX_FRAMES
