@@ -1,5 +1,5 @@
-# The README's two commands: `make demo` and `make test`. Each creates .venv and installs xfd into it
-# on first use (pip's own cache, outside the repo, makes later installs fast).
+# The README's commands: `make demo`, `make test` (`make test-quick`: without the slow tests). Each creates .venv
+# and installs xfd into it on first use (pip's own cache, outside the repo, makes later installs fast).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # DeepSpeed's accelerator: cuda where a GPU driver is present, else cpu (gloo).
 export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 
-.PHONY: demo ablate test bench install clean-venv gpu-wheels gpu-check
+.PHONY: demo ablate test test-quick bench install clean-venv gpu-wheels gpu-check
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,14 @@ ablate: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Everything but the tests marked slow (DeepSpeed launches, full trainings, default-size datasets).
+test-quick: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
 # The quick benchmarks; bench/rerank.py (20-30 minutes: N = 20k against the GEMM floor and the dense form, N = 200k on 1 and 2 ranks) runs alone.
 bench: $(VENV)/.installed
 	$(PY) bench/shard.py
+	$(PY) bench/synth.py
 	$(PY) bench/distance.py
 	$(PY) bench/metrics.py
 	$(PY) bench/bootstrap.py

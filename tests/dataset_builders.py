@@ -107,3 +107,41 @@ def write_mars_like(root: Path, layout: str, seed: int = 0) -> dict:
         savemat(info / "query_IDX_A2G.mat", {"query_IDX_A2G": np.array(a2g_rows, dtype=np.float64)})
         expected["a2g_query_rows"] = a2g_rows
     return expected
+
+
+# ------------------------------------------------------------------------------------------ damaging shard sets
+
+def rewrite_sample_json(shard: Path, key: str, **changes) -> None:
+    """Rewrite `shard` with sample `key`'s metadata fields set to `changes` (every other member unchanged)."""
+    import json
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        members = [(info, tar.extractfile(info).read()) for info in tar]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in members:
+            if info.name == f"{key}.json":
+                data = json.dumps({**json.loads(data), **changes}, sort_keys=True).encode()
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    shard.write_bytes(buffer.getvalue())
+
+
+def member_offset(shard: Path, name: str) -> int:
+    """Byte offset of the header of member `name` in `shard` (to cut a shard at a sample boundary)."""
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        return next(info.offset for info in tar if info.name == name)
+
+
+def edit_manifest(folder: Path, edit) -> dict:
+    """Apply `edit(manifest)` to FOLDER/manifest.json in place; returns the edited manifest."""
+    import json
+
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    return manifest

@@ -83,3 +83,17 @@ def test_top_level_must_be_a_mapping(tmp_path):
     path.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(path)
+
+
+def test_a_repeated_section_or_key_is_refused_naming_it_and_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys: a second `train:` would silently reset the first one's values."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  seed: 1\nmodel:\n  temporal:\n    pooling: mean\n    pooling: attention\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == "pooling" and "line 5 and line 6" in str(caught.value) and str(path) in str(caught.value)
+    path.write_text("train:\n  seed: 1\neval:\n  flip_tta: true\ntrain:\n  seed: 2\n")
+    with pytest.raises(ConfigError, match=r"^train: key appears twice in the same mapping: line 1 and line 5"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="line 1 and line 1"):  # an override's value is YAML too
+        load_config("tiny.yaml", ["model.temporal={pooling: mean, pooling: attention}"])

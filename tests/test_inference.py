@@ -143,6 +143,7 @@ def test_dense_clips_average_every_clip_of_a_tracklet(model, val_split):
         assert same == (clip_counts[key] == 1), key
 
 
+@pytest.mark.slow  # two gloo processes
 def test_dense_clips_on_two_ranks_equal_one_rank(model, val_split):
     whole = _extract(model, val_split, num_frames=2, batch_size=5, clips=True)
     parts = [_extract(model, val_split, num_frames=2, batch_size=2, clips=True, rank=r, world_size=2) for r in range(2)]
@@ -174,6 +175,7 @@ _RANK_SCRIPT = textwrap.dedent("""
 """).format(overrides=OVERRIDES, frames=FRAMES, size=IMAGE_SIZE)
 
 
+@pytest.mark.slow  # two gloo processes
 def test_two_gloo_processes_gather_the_one_rank_result(model, val_split, tmp_path):
     weights = tmp_path / "model.pt"
     torch.save(model.state_dict(), weights)
@@ -311,5 +313,5 @@ def test_an_unlabelled_split_gives_features_without_pids(model, val_split, tmp_p
     folder = tmp_path / "anonymous" / "case9_x" / "query"
     key = unlabelled.keys[3]
     _rewrite_sample(folder, key, lambda meta: dict(meta, pid=12))
-    with pytest.raises(DataError, match='pid 12 in a split whose manifest says "labelled": false'):
+    with pytest.raises(DataError, match="sample of an unlabelled split carries pid 12 \\/ label None \\(must be null\\)"):
         _extract(model, folder)

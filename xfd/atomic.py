@@ -30,8 +30,10 @@ def remove_temporaries(folder: str | os.PathLike) -> int:
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Yield a file object whose contents replace `path` only if the block finishes without error."""
+def atomic_output(path: str | os.PathLike, mode: str = "wb", sync: bool = True) -> Iterator[IO]:
+    """Yield a file object whose contents replace `path` only if the block finishes without error. `sync=False`
+    skips the fsync: still all-or-nothing for readers, but a crash may leave an empty file (fine for hints that
+    are re-checked, such as an interim manifest)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -39,7 +41,8 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, path)
     except BaseException:
@@ -50,13 +53,13 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_output(path, "wb") as handle:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, sync: bool = True) -> None:
+    with atomic_output(path, "wb", sync=sync) as handle:
         handle.write(data)
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
+def write_json_atomic(path: str | os.PathLike, obj, sync: bool = True) -> None:
     """Write `obj` as indented JSON with sorted keys, so equal content gives equal bytes."""
     text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    with atomic_output(path, "w") as handle:
+    with atomic_output(path, "w", sync=sync) as handle:
         handle.write(text)

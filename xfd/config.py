@@ -1,4 +1,4 @@
-"""The one typed experiment config of xfd (ARCHITECTURE decision 6).
+"""The one typed experiment config of xfd (docs/design.md, decision 6).
 
 An experiment is a YAML file loaded into `ExperimentConfig`, a tree of dataclasses. Loading validates everything
 up front: an unknown key, a value of the wrong type or a value out of range is a `ConfigError` that names the full
@@ -7,7 +7,7 @@ silently falls back to a default.
 
 Sections: `model` (what `build_model` builds), `data` (shards, frames, augmentation), `train` (the two-stage
 schedule, batching, checkpoints, fault policies) and `eval` (feature extraction). DeepSpeed JSON files hold
-engine settings only (ARCHITECTURE decision 6).
+engine settings only (docs/design.md, decision 6).
 
 Overrides: `load_config(path, ["model.temporal.pooling=mean", "model.num_classes=120"])` applies dotted
 ``key=value`` pairs to the raw YAML tree before validation (values are parsed as YAML scalars/lists, so ``=null``,
@@ -348,7 +348,7 @@ class EvalConfig:
     batch_size: int = 8  # tracklets (clips with frames: clips) per extraction batch
     flip_tta: bool = True
     rerank: bool = False  # k-reciprocal re-ranking in validation
-    # even: L = data.num_frames evenly spaced frames a tracklet (REFERENCE §4); clips: every frame, in consecutive
+    # even: L = data.num_frames evenly spaced frames a tracklet (docs/model.md); clips: every frame, in consecutive
     # clips of L (the last padded), the clips' features averaged — slower by about n / L, uses every frame
     frames: str = "even"
 
@@ -466,7 +466,7 @@ def apply_overrides(raw: dict, overrides: List[str] | Tuple[str, ...]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(".".join(parts[: depth + 1]), f"is a value, cannot set {key}")
             node = child
-        node[parts[-1]] = yaml.safe_load(text)
+        node[parts[-1]] = parse_yaml(text)
     return raw
 
 
@@ -476,6 +476,36 @@ def config_from_dict(raw: dict, overrides: List[str] | Tuple[str, ...] = ()) -> 
 
     raw = apply_overrides(copy.deepcopy(raw or {}), overrides)
     return _from_dict(ExperimentConfig, raw, "")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error: PyYAML would keep the last
+    value silently, so a second `train:` section would replace the first one wholesale."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if first is not key_node:
+                    raise ConfigError(str(key), f"key appears twice in the same mapping: line "
+                                                f"{first.start_mark.line + 1} and line {key_node.start_mark.line + 1}"
+                                                f"{_where(key_node)}; keep one")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _where(node) -> str:
+    name = node.start_mark.name
+    return f" of {name}" if name and not name.startswith("<") else ""
+
+
+def parse_yaml(text_or_stream) -> Any:
+    """YAML to Python like `yaml.safe_load`, refusing duplicate keys (a ConfigError naming both lines)."""
+    return yaml.load(text_or_stream, Loader=_StrictLoader)
 
 
 def resolve_config_path(path: str | pathlib.Path) -> pathlib.Path:
@@ -495,7 +525,7 @@ def load_config(path: str | pathlib.Path, overrides: List[str] | Tuple[str, ...]
     """Load and validate a YAML experiment config, applying dotted `key=value` overrides first."""
     resolved = resolve_config_path(path)
     with open(resolved, encoding="utf-8") as handle:
-        raw = yaml.safe_load(handle)
+        raw = parse_yaml(handle)
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError("", f"{resolved}: top level must be a mapping, got {type(raw).__name__}")
     return config_from_dict(raw or {}, overrides)

@@ -15,9 +15,7 @@ gives a FeatureSet without pids; anywhere else a pid must be an integer.
 
 from __future__ import annotations
 
-import json
 import math
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
@@ -31,7 +29,7 @@ from xfd.data.encoding import BIN_FIELDS, UNKNOWN, collate, encode_tracklet
 from xfd.data.errors import DataError
 from xfd.data.jpeg import check_jpeg_structure
 from xfd.data.pipeline import FramePipeline
-from xfd.data.shard import MANIFEST_NAME
+from xfd.data.manifest import is_labelled, read_manifest
 from xfd.data.stream import StreamOptions, tracklet_stream
 from xfd.distributed import gather_objects
 
@@ -123,36 +121,10 @@ def empty_feature_set(dim: int, labelled: bool = True) -> FeatureSet:
                       np.zeros(0, np.int64), np.zeros(0, np.int8), meta)
 
 
-def read_split_manifest(folder: str | Path) -> dict:
-    """The manifest of the shard set in `folder`; a missing or unreadable one is an error naming it."""
-    path = Path(folder) / MANIFEST_NAME
-    if not path.is_file():
-        raise DataError(str(folder), f"not a shard set (no {MANIFEST_NAME}); run xfd-shard first")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(str(path), f"manifest is not valid JSON ({error})") from None
-
-
-def split_is_labelled(manifest: dict) -> bool:
-    """False only for a split marked `"labelled": false` (absent or true: labelled, as older shard sets)."""
-    return manifest.get("labelled", True) is not False
-
-
-def _rank_shards(folder: Path, manifest: dict, rank: int, world_size: int) -> list[dict]:
-    """This rank's manifest entries (shards i with i mod world_size == rank, as the stream splits them), each
-    checked to be on disk with the size the manifest records: a truncated or missing shard is named here, before
-    the stream would stop early inside it."""
-    entries = [entry for i, entry in enumerate(manifest["shards"]) if i % world_size == rank]
-    for entry in entries:
-        path = folder / entry["name"]
-        if not path.is_file():
-            raise DataError(str(path), "shard listed in the manifest is missing")
-        size = path.stat().st_size
-        if "bytes" in entry and size != int(entry["bytes"]):
-            raise DataError(str(path), f"shard has {size} bytes, its manifest entry {entry['bytes']} (truncated or "
-                                       "replaced shard)")
-    return entries
+def _rank_entries(manifest: dict, rank: int, world_size: int) -> list[dict]:
+    """This rank's manifest entries: shards i with i mod world_size == rank, as the stream splits them (the stream
+    checks each against its entry as it reads it: a truncated, missing or replaced shard is a DataError naming it)."""
+    return [entry for i, entry in enumerate(manifest["shards"]) if i % world_size == rank]
 
 
 def _batches(tracklets: Iterable[dict], size: int) -> Iterator[list[dict]]:
@@ -270,9 +242,9 @@ def extract_split(model, folder: str | Path, *, num_frames: int, batch_size: int
     folder = Path(folder)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    manifest = read_split_manifest(folder)
-    labelled = split_is_labelled(manifest)
-    expected = sum(int(entry["samples"]) for entry in _rank_shards(folder, manifest, rank, world_size))
+    manifest = read_manifest(folder)
+    labelled = is_labelled(manifest)
+    expected = sum(int(entry["samples"]) for entry in _rank_entries(manifest, rank, world_size))
     if expected == 0 and world_size == 1:
         raise DataError(str(folder), "shard set is empty: the split holds no tracklets, nothing to extract")
     stream = tracklet_stream(folder, StreamOptions(num_frames=num_frames, rank=rank, world_size=world_size,
@@ -287,13 +259,11 @@ def extract_split(model, folder: str | Path, *, num_frames: int, batch_size: int
     dtype = next(iter(model.parameters()), torch.empty(0)).dtype  # bf16 under a bf16 DeepSpeed engine
     was_training = model.training
     model.eval()
-    last_url = None
     try:
         with torch.no_grad(), tqdm(total=expected, desc=f"features {folder.name}", unit="tracklet",
                                    disable=not progress or rank != 0, leave=False) as bar:
             for batch in _batches(_clips(loader), batch_size):
                 n = len(batch)
-                last_url = batch[-1][1].get("url", last_url)
                 padded = batch + [batch[-1]] * (batch_size - n)
                 for _, t, frames, indices in batch:  # a damaged frame is named here, not as DALI's "sample #n"
                     for i, data in zip(indices, frames):
@@ -310,9 +280,6 @@ def extract_split(model, folder: str | Path, *, num_frames: int, batch_size: int
                 bar.update(len(means.done) - finished)
             means.finish()
             bar.update(len(means.done) - bar.n)
-    except (tarfile.TarError, EOFError, OSError) as error:  # a shard that changed after the size check above
-        after = f" (after {last_url})" if last_url else ""
-        raise DataError(str(folder), f"unreadable or truncated shard{after}: {error}") from None
     finally:
         model.train(was_training)
 

@@ -29,22 +29,24 @@ def _shard(source: Path, out: Path, on_error: str = "raise"):
     return shard_dataset(source, out, ShardOptions(on_error=on_error), progress=False)
 
 
-def _assert_error(source: Path, tmp_path: Path, item_part: str, rule_part: str) -> None:
+def _assert_error(source: Path, tmp_path: Path, item: Path, rule_part: str) -> None:
+    """The run stops with an error naming `item` by its path relative to the dataset root."""
     with pytest.raises(DataError) as caught:
         _shard(source, tmp_path / "out")
-    assert item_part in caught.value.item and rule_part in caught.value.rule, str(caught.value)
+    assert caught.value.item == item.relative_to(source).as_posix(), str(caught.value)
+    assert rule_part in caught.value.rule, str(caught.value)
 
 
 def test_truncated_jpeg_names_the_frame(source, tmp_path):
     frame = sorted(_tracklet_folder(source, 2, 2).glob("*.jpg"))[1]
     frame.write_bytes(frame.read_bytes()[:-40])
-    _assert_error(source, tmp_path, frame.name, "truncated")
+    _assert_error(source, tmp_path, frame, "truncated")
 
 
 def test_non_jpeg_bytes_name_the_frame(source, tmp_path):
     frame = sorted(_tracklet_folder(source, 1, 1).glob("*.jpg"))[0]
     frame.write_bytes(b"GIF89a not a jpeg at all" * 10)
-    _assert_error(source, tmp_path, frame.name, "not a JPEG")
+    _assert_error(source, tmp_path, frame, "not a JPEG")
 
 
 def test_corrupt_header_segment_is_caught_by_the_structure_check():
@@ -78,26 +80,26 @@ def test_unparsable_frame_name(source, tmp_path):
     folder = _tracklet_folder(source, 3, 3)
     bad = folder / "0003_23_10_2024_09_18_high_10_30_3_walk_S1_00009.jpg"
     bad.write_bytes(jpeg_bytes(5))
-    _assert_error(source, tmp_path, bad.name, "drone height")
+    _assert_error(source, tmp_path, bad, "drone height")
 
 
 def test_empty_tracklet(source, tmp_path):
     folder = _tracklet_folder(source, 2, 99)
     folder.mkdir()
-    _assert_error(source, tmp_path, str(folder), "empty tracklet")
+    _assert_error(source, tmp_path, folder, "empty tracklet")
 
 
 def test_tracklet_with_several_pids(source, tmp_path):
     folder = _tracklet_folder(source, 1, 1)
     (folder / detreidx_frame_name(2, "ground", 50)).write_bytes(jpeg_bytes(6))
-    _assert_error(source, tmp_path, str(folder), "several pids")
+    _assert_error(source, tmp_path, folder, "several pids")
 
 
 def test_tracklet_folder_pid_differs_from_identity_folder(source, tmp_path):
     folder = source / "train" / "0001" / "0002_77"
     folder.mkdir()
     (folder / detreidx_frame_name(2, "ground", 0)).write_bytes(jpeg_bytes(7))
-    _assert_error(source, tmp_path, str(folder), "pid 0001")
+    _assert_error(source, tmp_path, folder, "pid 0001")
 
 
 def test_duplicate_keys(source, tmp_path):
@@ -115,13 +117,13 @@ def test_duplicate_keys(source, tmp_path):
 def test_unreadable_folder_is_named(source, tmp_path):
     loop = source / "train" / "0001" / "0001_loop"
     os.symlink(loop, loop)  # a link to itself: neither readable nor a folder, even for root
-    _assert_error(source, tmp_path, str(loop), "tracklet folder")
+    _assert_error(source, tmp_path, loop, "tracklet folder")
 
 
 def test_stray_file_in_tracklet_is_named(source, tmp_path):
     stray = _tracklet_folder(source, 1, 1) / "notes.txt"
     stray.write_text("hello")
-    _assert_error(source, tmp_path, str(stray), "unexpected entry")
+    _assert_error(source, tmp_path, stray, "unexpected entry")
 
 
 def test_empty_split_is_an_error(tmp_path):
@@ -141,7 +143,49 @@ def test_skip_policy_counts_and_lists_every_skip(source, tmp_path):
     manifest = result.manifests["train"]
     assert manifest["totals"]["samples"] == 3 - 1 + 0
     assert manifest["skipped"]["count"] == 2
-    items = " ".join(record["item"] for record in manifest["skipped"]["items"])
-    assert truncated.name in items and "0003_99" in items
+    items = sorted(record["item"] for record in manifest["skipped"]["items"])
+    assert items == sorted([truncated.relative_to(source).as_posix(), "train/0003/0003_99"])  # relative to SRC
     dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
     assert dataset["skipped"]["count"] == 2
+
+
+def test_the_header_remembering_checker_gives_the_same_verdict_as_the_plain_walk():
+    """JpegStructureChecker skips headers it has validated before; on damaged files that share (or almost share)
+    a valid file's header its verdict must still be check_jpeg_structure's, error text included."""
+    import io as _io
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from xfd.data.jpeg import JpegStructureChecker
+
+    def encoded(seed, **save):
+        pixels = np.random.default_rng(seed).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+        out = _io.BytesIO()
+        Image.fromarray(pixels).save(out, format="JPEG", **save)
+        return out.getvalue()
+
+    bases = [jpeg_bytes(1), jpeg_bytes(2), encoded(3, progressive=True), encoded(4, restart_marker_blocks=1)]
+
+    def verdict(check, data):
+        try:
+            return check(data, "x.jpg")
+        except DataError as error:
+            return error.rule
+
+    rng, checker, compared = random.Random(5), JpegStructureChecker(), 0
+    for _ in range(1500):
+        data = bytearray(rng.choice(bases))
+        cut = rng.randrange(len(data))
+        kind = rng.randrange(4)
+        if kind == 0:
+            data[cut] = rng.randrange(256)
+        elif kind == 1:
+            data = data[: max(cut, 2)] + b"\xff\xd9"  # cut short, an EOI stuck on (the cheap check passes)
+        elif kind == 2:
+            data[cut:cut] = bytes([0xFF, rng.randrange(256)])
+        for sample in (bytes(data), rng.choice(bases)):  # valid files in between keep the memory warm
+            assert verdict(checker, sample) == verdict(check_jpeg_structure, sample)
+            compared += 1
+    assert compared == 3000

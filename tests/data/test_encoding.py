@@ -31,11 +31,12 @@ def test_codes_follow_the_shard_format():
 
 @pytest.mark.parametrize("change, rule", [
     (dict(platform="drone"), "unknown platform 'drone'"),
-    (dict(bins={"altitude": 1, "distance": 2}), "bins must give"),
-    (dict(bins={"altitude": 19, "distance": 2, "angle": 0}), "bin 'altitude' is 19, outside 0..18"),
-    (dict(bins={"altitude": 1, "distance": -1, "angle": 0}), "bin 'distance' is -1, outside 0..18"),
-    (dict(bins={"altitude": 1, "distance": 2, "angle": 4}), "bin 'angle' is 4, outside 0..3"),
-    (dict(bins={"altitude": 1.5, "distance": 2, "angle": 0}), "bin 'altitude' must be an integer"),
+    (dict(bins=[1, 2, 0]), "metadata 'bins' must be an object"),
+    (dict(bins={"altitude": 1, "distance": 2}), "bins.angle = None is outside 0..3"),
+    (dict(bins={"altitude": 19, "distance": 2, "angle": 0}), "bins.altitude = 19 is outside 0..18"),
+    (dict(bins={"altitude": 1, "distance": -1, "angle": 0}), "bins.distance = -1 is outside 0..18"),
+    (dict(bins={"altitude": 1, "distance": 2, "angle": 4}), "bins.angle = 4 is outside 0..3"),
+    (dict(bins={"altitude": 1.5, "distance": 2, "angle": 0}), "bins.altitude = 1.5 is outside 0..18"),
     (dict(camid="3"), "camid must be an integer, got '3'"),
     (dict(pid=True), "pid must be an integer or null"),
     (dict(label=-2), "label must be >= 0"),

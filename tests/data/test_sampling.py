@@ -1,5 +1,5 @@
 """Frame sampling: restricted random for training; evenly spaced, or every frame in clips, for evaluation
-(REFERENCE §4)."""
+(docs/model.md)."""
 
 import numpy as np
 import pytest

@@ -179,7 +179,7 @@ def test_resume_reuses_untouched_shards(detreidx_root, tmp_path, capsys):
 
 
 def test_direct_ustar_header_equals_tarfiles_byte_for_byte():
-    from xfd.data.shard import _member, ustar_header
+    from xfd.data.tar_members import _member, ustar_header
 
     for name, size in [("0001_1.json", 0), ("0024_5453.0000.jpg", 1), ("k" * 90 + ".0001.jpg", 123456789),
                        ("abc.json", 511), ("abc.0000.jpg", 512), ("x" * 100, 7)]:

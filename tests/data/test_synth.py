@@ -1,6 +1,6 @@
 """xfd-synth: layout and names (the DetReIDX contract), JPEG validity, determinism, cross-camera matches,
 clothing change with stable body, aerial/ground scale, degradations and their quality truth, CLI behaviour,
-and the default-size speed bound."""
+and the default size's counts (its speed is bench/synth.py's)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import io
 import json
 import math
 import os
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -290,15 +289,12 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys, bad, message):
     assert not (tmp_path / "x").exists()
 
 
-def test_default_size_is_fast_enough(tmp_path):
-    """xfd-synth's default size (64 + 32 identities, 24-80 frames; the demo makes 256 + 32 with 6 train tracklets
-    an identity, 24-48 frames, in about 40 s) — target <= 30 s on 2 idle cores; the bound here is generous because
-    the suite runs on busy shared machines."""
-    started = time.perf_counter()
+@pytest.mark.slow
+def test_default_size_has_the_documented_counts(tmp_path):
+    """xfd-synth's default size (64 + 32 identities, 24-80 frames): the README's 448 tracklets and ~23k frames.
+    How fast it is written is measured by bench/synth.py, not asserted here."""
     summary = generate(SynthConfig(), tmp_path / "demo", workers=2, progress=False)
-    elapsed = time.perf_counter() - started
     assert summary.tracklets == 64 * 4 + 32 * 6 and 20000 < summary.frames < 27000
-    assert elapsed < 90, f"demo-size dataset took {elapsed:.1f} s"
 
 
 def test_train_aerial_gives_each_session_aerial_tracklets_from_distinct_capture_points():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from xfd.engine.steps import average_batch_norm_statistics
@@ -41,6 +42,7 @@ def trained_on_rank(rank: int) -> torch.nn.Module:
     return module
 
 
+@pytest.mark.slow  # two gloo processes
 def test_two_gloo_ranks_end_with_the_mean_of_their_statistics(tmp_path):
     init = f"file://{tmp_path / 'rendezvous'}"
     procs = [subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, str(rank), init, str(tmp_path / f"rank{rank}.pt")],

@@ -10,6 +10,7 @@ from xfd.engine.checkpoint import latest_tag
 from xfd.engine.steps import NonFiniteLoss
 
 
+@pytest.mark.slow  # a DeepSpeed engine and a training step, in process
 def test_nonfinite_loss_stops_the_run_naming_stage_step_and_batch(shards, tmp_path, monkeypatch):
     # a temperature of 1e-40 scales the cosine logits to inf: the first stage-1 loss is NaN
     out = tmp_path / "run"

@@ -13,6 +13,8 @@ from xfd.engine.checkpoint import CHECKPOINTS, latest_tag, load_trained_model, p
 from xfd.model import build_model
 from xfd.plots import read_scalar_rows
 
+pytestmark = pytest.mark.slow  # deepspeed launches of 2 CPU ranks (`make test-quick` leaves them out)
+
 
 def block_prefix(block: int) -> str:
     return f"encoder.visual.transformer.resblocks.{block}."

@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from xfd.engine.checkpoint import CHECKPOINTS, LATEST, latest_tag, parse_tag, safe_checkpoint_engine, tag_for
 from xfd.plots import read_scalar_rows
 
+pytestmark = pytest.mark.slow  # deepspeed launches of 2 CPU ranks (`make test-quick` leaves them out)
+
 # Absolute, the bar: |resumed - uninterrupted| <= 1e-6 for every loss and every other scalar, and for every
 # tensor of the final model. Measured on 2 CPU ranks (2026-11-22): no difference at all, every loss and weight equal
 # bit for bit. Bit-exactness needs the same numerics on both sides: MKL CBWR strict, plain CPU convolutions, and

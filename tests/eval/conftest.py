@@ -17,7 +17,8 @@ def clustered_features(n, dim, n_clusters, dtype, seed, spread=0.35):
 
 def min_rank_gap(features, k):
     """Smallest gap between consecutive sorted values among each row's first k + 1 normalised distances: the
-    tests compare top-k lists exactly, which needs gaps well above rounding (REFERENCE §3.2: tests avoid ties)."""
+    tests compare top-k lists exactly, which needs gaps well above rounding (docs/reranking.md step 2: tests
+    avoid ties)."""
     dist = np.sort(dense_normalised_distances(features.astype(np.float64)), axis=1)[:, : k + 2]
     return float(np.diff(dist, axis=1).min())
 

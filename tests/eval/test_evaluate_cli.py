@@ -110,6 +110,7 @@ def test_a_truncated_shard_is_a_clean_error_naming_it(shard_root, tmp_path, caps
     assert not (out / "report.json").exists()
 
 
+@pytest.mark.slow  # every frame of every tracklet through the model
 def test_frames_clips_averages_every_frame_and_says_so(shard_root, tmp_path):
     runs = {}
     for frames in ("even", "clips"):

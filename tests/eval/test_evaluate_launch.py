@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))  # the engine test
 
 from launching import DEEPSPEED, run_launch  # noqa: E402
 
+pytestmark = pytest.mark.slow  # deepspeed launches of 2 CPU ranks (`make test-quick` leaves them out)
+
 PROTOCOLS = ("A2G", "G2A", "A2A")
 QUERIES = 8  # test identities: one query and one gallery tracklet each per protocol
 # batches of 5 span the 3-tracklet shards in one process but not in the same way on two ranks
@@ -110,9 +112,9 @@ def test_report_files_are_sane(runs):
         assert len(entry["per_query"]["ap"]) == QUERIES and entry["ci"]["mAP"][0] <= entry["mAP"]
     assert report["warnings"] == [] and report["settings"]["rerank"] == {"k1": 6, "k2": 3, "lambda": 0.28}
     seconds = report["seconds"]
-    for part in ("startup", "load_model", "extraction", "distances", "reranking", "metrics", "statistics", "report",
-                 "total"):
-        assert seconds[part] >= 0.0, part
+    parts = [seconds[part] for part in ("startup", "load_model", "extraction", "distances", "reranking", "metrics",
+                                        "statistics", "report")]
+    assert min(parts) >= 0.0 and sum(parts) <= seconds["total"] + 1e-6, seconds  # disjoint phases of the total
     assert seconds["extraction"] > 0 and seconds["total"] >= seconds["extraction"] + seconds["load_model"]
     assert report["timing"].startswith("timing: ") and report["timing"] in runs["one"].text  # printed
 

@@ -8,6 +8,7 @@ Peak is measured with tracemalloc, which sees every NumPy allocation.
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from xfd.eval.rerank import k_reciprocal_stream
 from xfd.eval.synthetic import reid_features
@@ -16,6 +17,7 @@ N_QUERY, N_GALLERY = 1_000, 49_000
 DENSE_MATRIX_BYTES = (N_QUERY + N_GALLERY) ** 2 * 4  # one N×N float32: 10 GB
 
 
+@pytest.mark.slow  # N = 50k
 def test_peak_memory_at_50k_is_a_small_fraction_of_one_dense_matrix():
     data = reid_features(N_QUERY, N_GALLERY, dim=16, n_ids=2_500, seed=0)
     tracemalloc.start()

@@ -115,6 +115,7 @@ def test_a_model_file_that_does_not_fit_its_config_names_the_keys(model_file, tm
         load_trained_model(bad)
 
 
+@pytest.mark.slow  # the whole evaluation CLI
 def test_evaluate_cli_writes_the_report(model_file, shard_root, tmp_path, capsys):
     path, _ = model_file
     out = tmp_path / "eval"
@@ -134,4 +135,4 @@ def test_demo_comparison_requires_a_gain_on_every_protocol():
     assert not better and "+30.00" in table and "-1.00" in table
     after["protocols"]["G2A"]["mAP"] = 0.31
     assert compare(before, after)[1]
-    assert np.isclose(0.395, after["mean"]["mAP"])
+    assert "+14.50" in compare(before, after)[0].splitlines()[-1]  # the mean row: 39.50 against 25.00

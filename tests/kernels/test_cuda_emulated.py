@@ -21,7 +21,8 @@ from xfd.kernels.vmatrix import inverted_index
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).resolve().parent / "cuda_emulation"
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) to build the emulation")
+pytestmark = [pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) to build the emulation"),
+              pytest.mark.slow]  # builds the C++ emulation
 
 
 @pytest.fixture(scope="module")

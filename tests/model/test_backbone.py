@@ -108,6 +108,7 @@ def test_vit_b16_baseline_builds_at_256x128():
     assert (model.encoder.width, model.encoder.output_dim, model.trainable_blocks) == (768, 512, [10, 11])
 
 
+@pytest.mark.slow  # a full ViT-L/14
 def test_vit_l14_checkpoint_interpolates_16x16_to_18x9(tmp_path):
     """One real-size check: a random ViT-L/14 CLIP at 224 (16x16 grid), saved as fp16 safetensors, loads at
     256x128 (18x9 grid); visual parameters match open_clip's own ViT-L/14 tower."""

@@ -115,6 +115,7 @@ def test_bad_block_indices_and_frozen_models_are_errors(make_model):
         param_groups(model, base_lr=1e-4, weight_decay=0.0)
 
 
+@pytest.mark.slow  # several training steps
 def test_a_few_stage_two_steps_fit_one_pk_batch(make_model, make_inputs):
     """Model, losses and groups together learn: repeated Adam steps on one batch lower the stage-2 loss."""
     from xfd.losses import i2tce_loss

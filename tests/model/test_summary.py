@@ -42,6 +42,7 @@ def _vit_l14_backbone_flops_per_frame() -> float:
     return blocks * per_block + 2 * (18 * 9) * (3 * 14 * 14) * d + 2 * d * 768  # + patch conv, projection
 
 
+@pytest.mark.slow  # a full ViT-L/14
 def test_vit_l14_summary_counts_open_clip_plus_ours():
     model = build_model(load_config("xfd_vitl14.yaml", ["model.backbone.pretrained=null"]))
     assert model.encoder.visual.grid_size == (18, 9)
@@ -53,5 +54,5 @@ def test_vit_l14_summary_counts_open_clip_plus_ours():
     assert "open_clip ViT-L-14 visual tower alone: 303.870M params (matches the backbone row)" in text
     forward = float(text.split("forward FLOPs per tracklet of 16 frames: ")[1].split(" GFLOP")[0]) * 1e9
     backbone = 16 * _vit_l14_backbone_flops_per_frame()
-    assert backbone == pytest.approx(1.62e12, rel=0.01)  # REFERENCE §5: ~101 GFLOP per frame
+    assert backbone == pytest.approx(1.62e12, rel=0.01)  # docs/model.md, Compute: ~101 GFLOP per frame
     assert backbone < forward < 1.15 * backbone  # prompts, adapters and pooling on top

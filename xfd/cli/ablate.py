@@ -204,14 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("xfd-ablate: --seeds must be >= 1")
     args.overrides = args.overrides or list(demo.DEMO_OVERRIDES)
     started = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
+    demo.claim_output(args.out, "xfd-ablate")  # absent, empty or an earlier ablation: nothing else is touched
     timings: dict[str, float] = {}
     if args.data is None:
         shards = args.out / "shards"
         if not (args.reuse and (shards / "dataset.json").is_file()):
-            for folder in (args.out / "synthetic", shards):
-                if folder.exists():
-                    shutil.rmtree(folder)
             timings.update(demo.prepare_shards(args, args.out))
     else:
         shards = args.data

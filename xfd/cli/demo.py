@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..atomic import write_json_atomic
 from . import evaluate as evaluate_cli
 from . import shard as shard_cli
 from . import synth as synth_cli
@@ -30,7 +31,9 @@ DEMO_OVERRIDES = ["model.finetune.freeze_backbone=false"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xfd-demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="run folder (replaced on each run)")
+    parser.add_argument("--out", type=Path, default=Path("demo_out"),
+                        help="output folder: absent, empty or an earlier demo output (then replaced; with "
+                             "--skip-training its trained run/ is kept); anything else is refused")
     add_data_arguments(parser)
     parser.add_argument("--ranks", type=int, default=2, help="training processes (GPUs, or CPU ranks)")
     parser.add_argument("--deepspeed-config", default="ds_configs/zero2.json")
@@ -116,18 +119,33 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="small shards so that ranks and loader workers each get several")
 
 
+def claim_output(out: Path, tool: str = "xfd-demo") -> None:
+    """Make `out` the output folder of `tool`: it must be absent, empty or an earlier output of the same tool
+    (its marker file `.<tool>`, written here first); anything else — a trained run, a clone, a home folder — is
+    refused, naming the folder, and left untouched."""
+    marker = out / f".{tool}"
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"{tool}: error: {out} exists and is not a folder; pass another --out")
+    if out.exists() and any(out.iterdir()) and not marker.is_file():
+        raise SystemExit(f"{tool}: error: {out} is not empty and is not an earlier {tool} output (no {marker.name} "
+                         "file): refusing to replace anything in it; pass another --out (or empty it yourself)")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, {"tool": tool})
+
+
 def prepare_shards(args, out: Path) -> dict[str, float]:
     """Synthesise OUT/synthetic, shard it into OUT/shards (with the val split) and verify every frame;
-    returns each step's seconds."""
+    returns each step's seconds. An earlier demo's data is replaced by the tools themselves (`--overwrite`
+    replaces only their own outputs)."""
     raw, shards, workers = out / "synthetic", out / "shards", str(args.workers)
     return {
         "synthesise": _step("synthesise", synth_cli.main, [
             str(raw), "--ids", str(args.ids), "--test-ids", str(args.test_ids), "--seed", str(args.seed),
             "--min-frames", str(min(24, args.max_frames)), "--max-frames", str(args.max_frames),
-            "--train-aerial", str(args.train_aerial), "--workers", workers, "--no-progress"]),
+            "--train-aerial", str(args.train_aerial), "--workers", workers, "--no-progress", "--overwrite"]),
         "shard": _step("shard", shard_cli.main, [
             str(raw), str(shards), "--val-ids", str(args.val_ids), "--shard-size", str(args.shard_size),
-            "--workers", workers]),
+            "--workers", workers, "--overwrite"]),
         "verify": _step("verify", shard_cli.main, ["--verify", str(shards), "--workers", workers]),
     }
 
@@ -135,11 +153,14 @@ def prepare_shards(args, out: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.overrides = args.overrides or list(DEMO_OVERRIDES)
-    if args.out.exists():
-        shutil.rmtree(args.out)
+    claim_output(args.out)
     shards, run = args.out / "shards", args.out / "run"
     timings = prepare_shards(args, args.out)
+    if args.skip_training and run.exists():
+        print(f"\n== kept the earlier trained run {run} (--skip-training does not touch it)", flush=True)
     if not args.skip_training:
+        if run.exists():
+            shutil.rmtree(run)  # an earlier demo's run, inside a folder claim_output showed to be the demo's
         timings["train"] = train(args, shards, run)
         timings["evaluate untrained"] = _step("evaluate the untrained model", evaluate_cli.main, [
             "--untrained", "--config", args.config, "--data", str(shards), "--output", str(run / "eval-untrained"),

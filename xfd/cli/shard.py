@@ -11,6 +11,7 @@ from pathlib import Path
 from ..data.errors import ON_ERROR_POLICIES, DataError
 from ..data.layouts import LAYOUTS
 from ..data.metadata import CAMID_RULES
+from ..data.output import DiskFullError
 from ..data.shard import ShardOptions, shard_dataset
 from ..data.summary import format_summary, rows_from_manifests
 from ..data.verify import verify_dataset
@@ -47,9 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--aerial-camera", type=int, default=2, help="G2A-VReID camera number of the UAV")
     parser.add_argument("--on-error", choices=ON_ERROR_POLICIES, default="raise",
                         help="raise: stop at the first bad item; skip: leave it out, count and list it in the manifest")
+    parser.add_argument("--unlabelled", action="store_true",
+                        help="the query/gallery splits are anonymised (e.g. a challenge test set): accept any tracklet "
+                             "folder names, record the pid as unknown (null), keep whatever the frame names say and "
+                             "count what they do not; train is always read as labelled")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="read frames and folders that are links leading out of SRC (refused by default); the "
+                             "manifests record each resolved path")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--resume", action="store_true", help="keep shards whose sha256 and plan match the manifest")
-    parser.add_argument("--overwrite", action="store_true", help="delete OUT first")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT when it is an earlier xfd-shard output (only xfd-shard's files are deleted); "
+                             "OUT may never be, contain or lie inside SRC")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -70,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
             layout=args.layout, max_frames=args.max_frames, shard_size_mb=args.shard_size,
             shard_samples=args.shard_samples, resize=args.resize, camid_rule=args.camid_rule,
             aerial_camera=args.aerial_camera, val_ids=args.val_ids, val_seed=args.val_seed, on_error=args.on_error,
+            unlabelled=args.unlabelled, follow_symlinks=args.follow_symlinks,
         )
         started = time.perf_counter()
         result = shard_dataset(Path(args.paths[0]), Path(args.paths[1]), options, workers=args.workers,
                                resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except (DataError, ValueError, FileExistsError) as error:
+    except (DataError, ValueError, FileExistsError, DiskFullError) as error:
         print(f"xfd-shard: error: {error}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - started

@@ -3,7 +3,7 @@
     deepspeed --num_gpus 2 launcher/train.py --deepspeed ds_configs/zero2.json \\
         --config xfd_vitl14.yaml --data data_shards/detreidx --output runs/vitl14 [--resume] [key=value ...]
 
-`--deepspeed PATH` is ours (ARCHITECTURE decision 7): DeepSpeed's own `add_config_arguments` makes
+`--deepspeed PATH` is ours (docs/design.md, decision 7): DeepSpeed's own `add_config_arguments` makes
 `--deepspeed` a switch, so the documented command would not parse with it. `--local_rank`, which the launcher
 appends, is accepted (ranks are read from the environment the launcher sets). Trailing `key=value` pairs are
 dotted overrides of the experiment config (`train.stage2.epochs=10`).

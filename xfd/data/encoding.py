@@ -45,6 +45,22 @@ def _integer(value, what: str, where: str, allow_none: bool = False) -> int | No
     return value
 
 
+def check_bins(where: str, meta: dict) -> tuple[int, int, int]:
+    """The metadata-conditioning bins of a sample, in BIN_FIELDS order: integers 0..limit (the last one: "no capture
+    metadata"); anything else is a DataError naming `where`. Every reader (stream, shard index, --verify) and the
+    collate apply this one rule."""
+    bins = meta.get("bins")
+    if not isinstance(bins, dict):
+        raise DataError(where, f"metadata 'bins' must be an object giving {list(BIN_FIELDS)}, found {bins!r}")
+    values = []
+    for name, limit in zip(BIN_FIELDS, BIN_LIMITS):
+        value = bins.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+            raise DataError(where, f"bins.{name} = {value!r} is outside 0..{limit} (data_shards/README.md, Bins)")
+        values.append(value)
+    return tuple(values)
+
+
 def encode_tracklet(meta: dict, where: str, labelled: bool | None = None) -> TrackletCodes:
     """The codes of one tracklet's metadata; `where` ("shard [key]") names it in errors.
 
@@ -52,16 +68,10 @@ def encode_tracklet(meta: dict, where: str, labelled: bool | None = None) -> Tra
     the pid must be null and a null camid reads as UNKNOWN; None accepts either pid."""
     if meta.get("platform") not in PLATFORM_CODES:
         raise DataError(where, f"unknown platform {meta.get('platform')!r}; expected one of {list(PLATFORMS)}")
-    bins = meta.get("bins")
-    if not isinstance(bins, dict) or any(name not in bins for name in BIN_FIELDS):
-        raise DataError(where, f"bins must give {list(BIN_FIELDS)}, got {bins!r}")
-    values = tuple(_integer(bins[name], f"bin {name!r}", where) for name in BIN_FIELDS)
-    for name, value, limit in zip(BIN_FIELDS, values, BIN_LIMITS):
-        if not 0 <= value <= limit:
-            raise DataError(where, f"bin {name!r} is {value}, outside 0..{limit} (data_shards/README.md, Bins)")
+    values = check_bins(where, meta)
     if labelled is False and meta.get("pid") is not None:
-        raise DataError(where, f"pid {meta['pid']!r} in a split whose manifest says \"labelled\": false (its samples "
-                               "must have pid null)")
+        raise DataError(where, f"sample of an unlabelled split carries pid {meta['pid']!r} / label "
+                               f"{meta.get('label')!r} (must be null)")
     label = _integer(meta.get("label"), "label", where, allow_none=True)
     if label is not None and label < 0:
         raise DataError(where, f"label must be >= 0, got {label}")

@@ -1,17 +1,17 @@
 """Random access to the tracklets of one shard set, for PK batching.
 
-The training stream (`stream.py`) reads shards front to back; a PK sampler instead asks for *these* K tracklets
+The evaluation stream (`stream.py`) reads shards front to back; a PK sampler instead asks for *these* K tracklets
 of *these* P identities, in any order. `ShardIndex.open` therefore scans every tar's member headers once (names,
 data offsets, sizes — never frame bytes), parses each sample's small `<key>.json`, and checks the grouping the
 same way the stream does (`parse_tracklet_sample`: safe key, one json, frames only, known format version, frame
-count = metadata) plus frames numbered 0..n-1 and the shard's keys equal to the manifest's. Afterwards
+count = metadata, bins in range) plus frames numbered 0..n-1, the shard's keys equal to the manifest's and each
+pid agreeing with its key and the manifest. Afterwards
 `frames(key, indices)` reads just the requested JPEGs with positional reads (`os.pread`), which keep no file
 position, so any number of threads may read through the same descriptors at once.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tarfile
 import threading
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
-from .shard import FORMAT_VERSION, MANIFEST_NAME
-from .stream import parse_tracklet_sample, shard_set_urls
+from .manifest import check_sample_identity, is_labelled, shard_path
+from .stream import complete_manifest, parse_tracklet_sample
 
 
 @dataclass(frozen=True)
@@ -30,16 +30,6 @@ class _Member:
     shard: int
     offset: int
     size: int
-
-
-def _check_manifest(folder: Path) -> tuple[dict, list[Path]]:
-    """The manifest and shard paths of a complete shard set of a version this reader knows."""
-    urls = shard_set_urls(folder)  # complete, non-empty, shard set at all
-    manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(str(folder / MANIFEST_NAME),
-                        f"shard format version {manifest.get('format_version')!r}; this xfd reads {FORMAT_VERSION}")
-    return manifest, [Path(url) for url in urls]
 
 
 def _scan_shard(path: Path, shard: int) -> dict[str, dict[str, _Member]]:
@@ -85,12 +75,15 @@ class ShardIndex:
         self._frames = frame_members
         self._fds: dict[int, int] = {}  # shard number → descriptor, opened on first use
         self._lock = threading.Lock()
+        self.labelled = True  # False for a split sharded with --unlabelled (pid and label null)
 
     @classmethod
     def open(cls, folder: str | Path) -> "ShardIndex":
         """Check the manifest, scan every shard's headers and parse every sample's metadata."""
         folder = Path(folder)
-        manifest, paths = _check_manifest(folder)
+        manifest = complete_manifest(folder)  # complete, non-empty, known version, plain shard names
+        paths = [shard_path(folder, entry) for entry in manifest["shards"]]
+        labelled = is_labelled(manifest)
         keys: list[str] = []
         metas: dict[str, dict] = {}
         frame_members: dict[str, list[_Member]] = {}
@@ -99,6 +92,7 @@ class ShardIndex:
             if list(samples) != list(entry["keys"]):
                 raise DataError(str(path), f"samples {list(samples)[:3]}… differ from the manifest's "
                                            f"{list(entry['keys'])[:3]}… (truncated or replaced shard?)")
+            pid_of = dict(zip(entry["keys"], entry["pids"]))
             fd = os.open(path, os.O_RDONLY)
             try:
                 for key, members in samples.items():
@@ -108,7 +102,8 @@ class ShardIndex:
                     raw = {"__key__": key, "__url__": str(path), **members}
                     if "json" in members:
                         raw["json"] = _read_exact(fd, members["json"], where)
-                    _, meta, _ = parse_tracklet_sample(raw)  # stream.py's grouping rules
+                    _, meta, _ = parse_tracklet_sample(raw)  # stream.py's grouping and bins rules
+                    check_sample_identity(where, key, meta, pid_of.get(key), labelled)
                     # frames by number (the extension text sorts 10000 before 1001)
                     by_number = {int(ext.split(".")[0]): m for ext, m in members.items() if ext != "json"}
                     if sorted(by_number) != list(range(len(members) - 1)):
@@ -119,7 +114,9 @@ class ShardIndex:
                     frame_members[key] = [by_number[i] for i in range(len(by_number))]
             finally:
                 os.close(fd)
-        return cls(folder, paths, keys, metas, frame_members)
+        index = cls(folder, paths, keys, metas, frame_members)
+        index.labelled = labelled
+        return index
 
     # ------------------------------------------------------------------ metadata
 
@@ -133,6 +130,9 @@ class ShardIndex:
 
     def labels_to_keys(self) -> dict[int, list[str]]:
         """Train split: label → its tracklet keys (manifest order). Errors if a sample has no label."""
+        if not self.labelled:
+            raise DataError(str(self.folder), "split was sharded with --unlabelled (no identities): it cannot be "
+                                              "used for training")
         groups: dict[int, list[str]] = {}
         for key in self.keys:
             label = self._metas[key].get("label")

@@ -8,15 +8,18 @@ handled by the caller's `SkipLog` (raise by default, or skip-and-record).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from .errors import DataError, SkipLog
 from .metadata import (
+    DetReIDXFrame,
     capture_bins,
     detreidx_camid,
     no_metadata_bins,
@@ -26,8 +29,18 @@ from .metadata import (
 
 LAYOUTS = ("detreidx", "mars", "g2a", "g2a2")
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
-_JPEG_SUFFIXES = {".jpg", ".jpeg"}
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
 _CASE_FOLDER = re.compile(r"^case\d+_[A-Za-z0-9_]+$")
+
+
+@dataclass
+class StoredFrames:
+    """What the shard tool learns of the frames it will keep: their indices in `frame_names`, (size, mtime) of
+    each, and the links it followed out of the dataset ((relative path, resolved path), with --follow-symlinks)."""
+
+    indices: Sequence[int]  # a range when every frame is kept
+    stats: list[tuple[int, int]]
+    links: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -35,22 +48,43 @@ class Tracklet:
     """One tracklet as found on disk; becomes one shard sample."""
 
     key: str
-    pid: int
-    camid: int
+    pid: int | None  # None in unlabelled splits
+    camid: int | None  # None where an unlabelled tracklet's names do not give it
     platform: str
-    frame_paths: list[Path]
+    folder: str  # every frame of a tracklet lies in one folder (read relative to it: one lookup a frame)
+    frame_names: list[str]  # in temporal order (plain strings: millions of them cross process boundaries)
     meta: dict = field(default_factory=dict)
     label: int | None = None
+    unknown: tuple[str, ...] = ()  # what an unlabelled tracklet's names did not say (counted in the manifest)
+    stored: StoredFrames | None = None  # set by the shard tool before planning
 
 
-def _natural_key(name: str):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+_DIGIT_RUNS = re.compile(r"(\d+)")
+
+
+def _natural_key(name: str) -> list:
+    """'f10' after 'f9': digit runs compare as numbers (odd positions of the split are exactly the runs)."""
+    parts = _DIGIT_RUNS.split(name)
+    parts[1::2] = map(int, parts[1::2])
+    return parts
+
+
+_DIGIT_MASK = str.maketrans("0123456789", "0000000000")
+
+
+def _natural_order(entries: list[os.DirEntry]) -> list[os.DirEntry]:
+    """Entries by `_natural_key` of their names. Frame names of one tracklet usually differ only in equally wide
+    digit runs (zero-padded counters): then plain string order is the same order, found at C speed."""
+    masks = {entry.name.translate(_DIGIT_MASK) for entry in entries}
+    if len(masks) <= 1 and all(entry.name.isascii() for entry in entries):
+        return sorted(entries, key=lambda entry: entry.name)
+    return sorted(entries, key=lambda entry: _natural_key(entry.name))
 
 
 def _list_dir(path: Path) -> list[os.DirEntry]:
     try:
         with os.scandir(path) as entries:
-            return sorted(entries, key=lambda entry: _natural_key(entry.name))
+            return _natural_order(list(entries))
     except OSError as error:
         raise DataError(str(path), f"folder cannot be read ({error.strerror or error})") from error
 
@@ -102,73 +136,205 @@ def _detreidx_split_folders(root: Path) -> dict[str, Path]:
     return splits
 
 
-def _detreidx_tracklet(root: Path, pid_folder: str, folder: Path, camid_rule: str) -> Tracklet:
-    tracklet_name = folder.name
-    pid_prefix = tracklet_name.split("_", 1)[0]
-    if not pid_prefix.isdigit() or int(pid_prefix) != int(pid_folder):
-        raise DataError(str(folder), f"tracklet folder must be named <pid>_<id> with pid {pid_folder}")
+def _parse_frame_names(folder: Path, names: list[str], labelled: bool) -> tuple[DetReIDXFrame | None, int]:
+    """Parse every frame name of a tracklet; return the first frame's parse (None: an unlabelled tracklet whose
+    names carry no metadata) and the number of distinct pids the names give. Frames must agree on the capture.
+
+    Names of one tracklet usually differ only in a trailing frame counter, so a parse is reused for names equal
+    up to their last field whenever that field cannot change the result (not an S<n>/G<n> field, not the angle of
+    a 9-field name): every name is still checked, at one parse per tracklet.
+    """
+    first_names: dict = {}  # parse key -> the first name with it (name order)
+    for name in names:
+        dot = name.rfind(".")
+        stem = name[:dot] if dot >= 0 else name
+        head, _, last = stem.rpartition("_")
+        fields = stem.count("_") + 1
+        reusable = head and fields not in (8, 9) and not (last[:1] in ("S", "G") and last[1:].isdigit())
+        first_names.setdefault((head, fields) if reusable else stem, name)
+    first, pids = None, set()
+    for index, name in enumerate(first_names.values()):
+        try:
+            frame = parse_detreidx_frame(name, require_pid=labelled)
+        except DataError as error:
+            if labelled:
+                raise DataError(str(folder / name), error.rule) from None
+            frame = error  # unlabelled: a name without metadata is counted, not fatal
+        if index == 0:
+            first = frame
+        elif isinstance(first, DataError) != isinstance(frame, DataError) or (
+                not isinstance(frame, DataError) and frame.capture_key != first.capture_key):
+            described = "no metadata" if isinstance(frame, DataError) else frame.capture_key
+            expected = "no metadata" if isinstance(first, DataError) else first.capture_key
+            raise DataError(str(folder / name),
+                            f"capture metadata {described} differs from the tracklet's first frame {expected}")
+        if not isinstance(frame, DataError):
+            pids.add(frame.pid)
+    return (None if isinstance(first, DataError) else first), len(pids)
+
+
+def _frame_entries(folder: Path) -> list[os.DirEntry]:
     files = []
     for entry in _visible(_list_dir(folder)):
-        if not _is_file(entry) or Path(entry.name).suffix.lower() not in _JPEG_SUFFIXES:
+        if not _is_file(entry) or not entry.name.lower().endswith(_JPEG_SUFFIXES):
             raise DataError(entry.path, "unexpected entry in a tracklet folder (only .jpg/.jpeg frames belong there)")
         files.append(entry)
     if not files:
         raise DataError(str(folder), "empty tracklet (no .jpg frames)")
-    frames = [parse_detreidx_frame(e.name) for e in files]
-    pids = sorted({f.pid for f in frames})
-    if pids != [int(pid_folder)]:
-        raise DataError(str(folder), f"tracklet with several pids or a pid other than its folder's: {pids}")
-    first = frames[0]
-    for entry, frame in zip(files, frames):
-        if frame.capture_key != first.capture_key:
-            raise DataError(
-                str(Path(entry.path)),
-                f"capture metadata {frame.capture_key} differs from the tracklet's first frame {first.capture_key}",
-            )
-    _check_key(tracklet_name, str(folder))
-    meta = {
-        "session": first.session,
-        "height": first.height if first.platform == "aerial" else None,
-        "distance": first.distance if first.platform == "aerial" else None,
-        "angle": first.angle if first.platform == "aerial" else None,
-        "bins": capture_bins(first.platform, first.height, first.distance, first.angle),
-        "name_fields": list(first.fields),
-        "source": str(folder.relative_to(root)),
-        "tracklet": tracklet_name,
+    return files
+
+
+def _capture_meta(root: Path, folder: Path, first: DetReIDXFrame | None) -> dict:
+    aerial = first is not None and first.platform == "aerial"
+    return {
+        "session": first.session if first else None,
+        "height": first.height if aerial else None,
+        "distance": first.distance if aerial else None,
+        "angle": first.angle if aerial else None,
+        "bins": capture_bins(first.platform, first.height, first.distance, first.angle) if first
+        else no_metadata_bins(),
+        "name_fields": list(first.fields) if first else None,
+        "source": folder.relative_to(root).as_posix(),
+        "tracklet": folder.name,
     }
+
+
+def _labelled_tracklet(root: Path, pid_folder: str, folder: Path, camid_rule: str) -> Tracklet:
+    tracklet_name = folder.name
+    pid_prefix = tracklet_name.split("_", 1)[0]
+    if not pid_prefix.isdigit() or int(pid_prefix) != int(pid_folder):
+        raise DataError(str(folder), f"tracklet folder must be named <pid>_<id> with pid {pid_folder}")
+    files = _frame_entries(folder)
+    first, pid_count = _parse_frame_names(folder, [e.name for e in files], labelled=True)
+    if first.pid != int(pid_folder) or pid_count != 1:
+        pids = sorted({parse_detreidx_frame(e.name).pid for e in files})
+        raise DataError(str(folder), f"tracklet with several pids or a pid other than its folder's: {pids}")
+    _check_key(tracklet_name, str(folder))
     return Tracklet(
         key=tracklet_name,
         pid=first.pid,
         camid=detreidx_camid(first, camid_rule),
         platform=first.platform,
-        frame_paths=[Path(e.path) for e in files],
-        meta=meta,
+        folder=str(folder),
+        frame_names=[e.name for e in files],
+        meta=_capture_meta(root, folder, first),
     )
 
 
-def discover_detreidx(root: Path, skips: SkipLog, camid_rule: str = "capture-point") -> dict[str, list[Tracklet]]:
-    """`ROOT/{train,case*/query,case*/gallery}/<PID>/<pid>_<tracklet>/*.jpg` → tracklets per split."""
-    result = {}
-    for split, folder in _detreidx_split_folders(root).items():
-        tracklets: list[Tracklet] = []
-        seen: dict[str, Path] = {}
-        for pid_entry in _visible(_list_dir(folder)):
+_PLATFORM_WORDS = re.compile(r"^case\d+_(?P<query>[a-z]+)_to_(?P<gallery>[a-z]+)$")
+
+
+def _platform_from_split(split: str) -> str | None:
+    """`case1_aerial_to_ground/query` → aerial: what the case folder's name says of one side."""
+    case, _, side = split.rpartition("/")
+    match = _PLATFORM_WORDS.match(case)
+    platform = match[side] if match and side in ("query", "gallery") else None
+    return platform if platform in ("ground", "aerial") else None
+
+
+def unlabelled_key(name: str) -> str:
+    """Sample key of an unlabelled tracklet: its folder name, or (names that are no valid key) a stable digest."""
+    if _KEY.match(name):
+        return name
+    return "t" + hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
+def _unlabelled_tracklet(root: Path, split: str, folder: Path, camid_rule: str) -> Tracklet:
+    """A tracklet of a split whose folders carry no trustworthy identity: any folder name, pid unknown, whatever
+    the frame names say kept, what they do not say recorded in `unknown`."""
+    files = _frame_entries(folder)
+    first, _ = _parse_frame_names(folder, [e.name for e in files], labelled=False)
+    unknown = ["pid"]
+    if first is None:
+        unknown.append("name_metadata")
+        platform = _platform_from_split(split)
+        if platform is None:
+            raise DataError(str(folder), "frame names carry no metadata and the case folder's name does not say "
+                                         "the platform (case<N>_<platform>_to_<platform>)")
+        unknown.append("platform_from_folder")
+        camid = None
+    else:
+        platform = first.platform
+        try:
+            camid = detreidx_camid(first, camid_rule)
+        except DataError:
+            camid = None
+    if camid is None:
+        unknown.append("camid")
+    meta = _capture_meta(root, folder, first)
+    if meta["session"] is None:
+        unknown.append("session")
+    if platform == "aerial" and meta["height"] is None:
+        unknown.append("capture")
+    return Tracklet(key=unlabelled_key(folder.name), pid=None, camid=camid, platform=platform,
+                    folder=str(folder), frame_names=[e.name for e in files], meta=meta, unknown=tuple(unknown))
+
+
+def _tracklet(root: Path, split: str, group: str, folder: Path, camid_rule: str, labelled: bool, inspect):
+    """One tracklet folder → Tracklet (passed through `inspect`, when given), or the DataError it raised."""
+    try:
+        if labelled:
+            tracklet = _labelled_tracklet(root, group, folder, camid_rule)
+        else:
+            tracklet = _unlabelled_tracklet(root, split, folder, camid_rule)
+        return tracklet if inspect is None else inspect(tracklet)
+    except DataError as error:
+        return error
+
+
+def _group_task(task) -> list[tuple[str, Tracklet | DataError]]:
+    """Worker entry point: one identity folder (labelled: `<PID>/`; unlabelled: any folder, or a tracklet folder
+    itself) → (tracklet folder, Tracklet or DataError) for each tracklet in it, in name order."""
+    root, split, group, camid_rule, labelled, inspect = task
+    name = os.path.basename(group)
+    try:
+        if labelled and not name.isdigit():
+            raise DataError(group, "expected an identity folder named by its numeric PID")
+        if not os.path.isdir(group):
+            raise DataError(group, "expected an identity or tracklet folder (not a file, not a broken link)")
+        entries = _visible(_list_dir(Path(group)))
+    except DataError as error:
+        return [(group, error)]
+    if not labelled and entries and not _is_folder(entries[0]):  # the folder is itself a tracklet
+        return [(group, _tracklet(root, split, name, Path(group), camid_rule, labelled, inspect))]
+    outcomes = []
+    for entry in entries:
+        if _is_folder(entry):
+            outcomes.append((entry.path, _tracklet(root, split, name, Path(entry.path), camid_rule, labelled,
+                                                   inspect)))
+        else:
+            outcomes.append((entry.path, DataError(entry.path, "expected a tracklet folder (not a file, not a "
+                                                               "broken link)")))
+    return outcomes
+
+
+def discover_detreidx(root: Path, skips: SkipLog, camid_rule: str = "capture-point", unlabelled: bool = False,
+                      run_tasks=map, inspect=None) -> dict[str, list[Tracklet]]:
+    """`ROOT/{train,case*/query,case*/gallery}/<PID>/<pid>_<tracklet>/*.jpg` → tracklets per split.
+
+    With `unlabelled`, every query/gallery split is read as anonymised (`_unlabelled_tracklet`): any
+    `<group>/<tracklet>/` or `<tracklet>/` folder names; train never is. Identity folders are read by
+    `run_tasks(function, tasks)` (an ordered map, e.g. over a process pool), each tracklet passed through
+    `inspect` there when given (the shard tool stats the frames it will keep, where they were just listed)."""
+    split_folders = _detreidx_split_folders(root)
+    if unlabelled and set(split_folders) == {"train"}:
+        raise DataError(str(root), "--unlabelled needs query/gallery splits (case*/query, case*/gallery); "
+                                   "training splits are never unlabelled")
+    tasks = []
+    for split, folder in split_folders.items():
+        labelled = split == "train" or not unlabelled
+        tasks += [(root, split, group.path, camid_rule, labelled, inspect) for group in _visible(_list_dir(folder))]
+    result: dict[str, list[Tracklet]] = {split: [] for split in split_folders}
+    seen: dict[str, dict[str, Path]] = {split: {} for split in split_folders}
+    for task, outcomes in zip(tasks, run_tasks(_group_task, tasks)):
+        split = task[1]
+        for folder, outcome in outcomes:
             try:
-                if not _is_folder(pid_entry) or not pid_entry.name.isdigit():
-                    raise DataError(pid_entry.path, "expected an identity folder named by its numeric PID")
-                tracklet_folders = list(_visible(_list_dir(Path(pid_entry.path))))
+                if isinstance(outcome, DataError):
+                    raise outcome
+                _add_unique(result[split], seen[split], outcome, Path(folder))
             except DataError as error:
                 skips.handle(error, split)
-                continue
-            for entry in tracklet_folders:
-                try:
-                    if not _is_folder(entry):
-                        raise DataError(entry.path, "expected a tracklet folder (not a file, not a broken link)")
-                    tracklet = _detreidx_tracklet(root, pid_entry.name, Path(entry.path), camid_rule)
-                    _add_unique(tracklets, seen, tracklet, Path(entry.path))
-                except DataError as error:
-                    skips.handle(error, split)
-        result[split] = tracklets
     return result
 
 
@@ -202,6 +368,13 @@ def _read_name_list(path: Path) -> list[str]:
     return names
 
 
+def _parse_mars_name(path: Path, pid_digits: int):
+    try:
+        return parse_mars_frame(path.name, pid_digits)
+    except DataError as error:
+        raise DataError(str(path), error.rule) from None
+
+
 def _mars_tracks(
     root: Path, image_folder: str, names: list[str], info: np.ndarray, info_path: Path, pid_digits: int,
     platform_of_camera, skips: SkipLog, split: str,
@@ -216,7 +389,7 @@ def _mars_tracks(
                     f"row {row_number}: frames [{start}, {end}] fall outside the name list of {len(names)} names",
                 )
             frame_names = names[start - 1 : end]
-            parsed = [parse_mars_frame(n, pid_digits) for n in frame_names]
+            parsed = [_parse_mars_name(root / image_folder / n[:pid_digits] / n, pid_digits) for n in frame_names]
             for frame_name, frame in zip(frame_names, parsed):
                 if frame.pid != pid or frame.camera != camera:
                     raise DataError(
@@ -237,8 +410,9 @@ def _mars_tracks(
                 "tracklet": key,
                 "track_row": row_number,
             }
-            paths = [root / image_folder / n[:pid_digits] / n for n in frame_names]
-            tracks.append(Tracklet(key=key, pid=pid, camid=camera, platform=platform, frame_paths=paths, meta=meta))
+            folder = str(root / image_folder / frame_names[0][:pid_digits])  # the frames' pid is the row's
+            tracks.append(Tracklet(key=key, pid=pid, camid=camera, platform=platform, folder=folder,
+                                   frame_names=list(frame_names), meta=meta))
         except DataError as error:
             skips.handle(error, split)
             tracks.append(None)
@@ -337,8 +511,11 @@ def assign_train_labels(splits: dict[str, list[Tracklet]]) -> int:
 
 
 def discover(root: Path, layout: str, skips: SkipLog, camid_rule: str = "capture-point",
-             aerial_camera: int = 2) -> tuple[str, dict[str, list[Tracklet]]]:
-    """Resolve `layout` ('auto' allowed) and discover the tracklets of every split."""
+             aerial_camera: int = 2, unlabelled: bool = False, run_tasks=map,
+             inspect=None) -> tuple[str, dict[str, list[Tracklet]]]:
+    """Resolve `layout` ('auto' allowed) and discover the tracklets of every split (`unlabelled`: DetReIDX only,
+    query/gallery splits read as anonymised; `run_tasks`: an ordered map, e.g. over a process pool; `inspect`:
+    applied to each DetReIDX tracklet where it is found, see `discover_detreidx`)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(str(root), "dataset folder does not exist")
@@ -347,5 +524,8 @@ def discover(root: Path, layout: str, skips: SkipLog, camid_rule: str = "capture
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of auto, {', '.join(LAYOUTS)}; got {layout!r}")
     if layout == "detreidx":
-        return layout, discover_detreidx(root, skips, camid_rule)
+        return layout, discover_detreidx(root, skips, camid_rule, unlabelled, run_tasks, inspect)
+    if unlabelled:
+        raise ValueError(f"--unlabelled reads DetReIDX folders whose identities are hidden; the {layout} layout's "
+                         "protocol files always carry identities")
     return layout, discover_mars_like(root, layout, skips, aerial_camera)

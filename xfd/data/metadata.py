@@ -87,7 +87,7 @@ def capture_point_index(angle_deg: float, height_m: float, distance_m: float) ->
 class DetReIDXFrame:
     """What one DetReIDX frame name says."""
 
-    pid: int
+    pid: int | None  # None: an unlabelled split's name whose first field is not a number
     platform: str
     height: float
     distance: float
@@ -116,13 +116,22 @@ def _parse_float(text: str, what: str, item: str) -> float:
     return value
 
 
-def parse_detreidx_frame(file_name: str) -> DetReIDXFrame:
-    """Parse a DetReIDX frame file name; raise DataError naming the file if it does not fit the format."""
+def parse_detreidx_frame(file_name: str, require_pid: bool = True) -> DetReIDXFrame:
+    """Parse a DetReIDX frame file name; raise DataError naming the file if it does not fit the format.
+
+    `require_pid=False` (unlabelled splits, whose identities are hidden) accepts any first field and gives pid
+    None when it is not a number; every other field is parsed as usual, and a name of fewer than 4 fields (not
+    even pid and date, e.g. a bare frame counter) is an error: it says nothing, not even "ground"."""
     stem = file_name.rsplit(".", 1)[0]
     fields = tuple(stem.split("_"))
-    if not fields[0].isdigit():
+    if not require_pid and len(fields) < 4:
+        raise DataError(file_name, "an anonymised name without the DetReIDX fields (pid_dd_mm_yyyy_...)")
+    if fields[0].isdigit():
+        pid = int(fields[0])
+    elif require_pid:
         raise DataError(file_name, f"frame name must start with the numeric PID, got {fields[0]!r}")
-    pid = int(fields[0])
+    else:
+        pid = None
     sessions = [int(m.group(1)) for f in fields if (m := _SESSION_FIELD.match(f))]
     session = sessions[-1] if sessions else None
     if len(fields) >= 9:
@@ -143,7 +152,7 @@ def detreidx_camid(frame: DetReIDXFrame, rule: str = "capture-point") -> int:
     """Camera id used by the evaluation junk rule (same pid and same camid are excluded).
 
     `capture-point` (default): ground cameras 0..9 (G<n> gives n-1, else 0), aerial 10 + capture-point index.
-    `baseline`: the public baseline's rule, ground 0, aerial 1 if fields[-2] == '1' else 2 (REFERENCE §1 calls
+    `baseline`: the public baseline's rule, ground 0, aerial 1 if fields[-2] == '1' else 2 (docs/datasets.md calls
     it uncertain; the raw fields are kept in the metadata either way).
     """
     if rule not in CAMID_RULES:

@@ -1,4 +1,4 @@
-"""Which frames of a tracklet to use (REFERENCE §4).
+"""Which frames of a tracklet to use (docs/model.md).
 
 A tracklet of n frames is split into L equal chunks. Training takes one random frame from each chunk
 (restricted random sampling); evaluation takes the first frame of each chunk (evenly spaced), or, densely, every

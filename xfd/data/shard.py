@@ -1,38 +1,40 @@
 """Writing WebDataset shard sets of tracklets (`xfd-shard`).
 
 One sample per tracklet: `<key>.json` (metadata) then `<key>.0000.jpg …` (frame JPEG bytes, copied, never
-re-encoded unless a resize is asked). Shards are planned up front from file sizes, so the same input always
-gives the same shards; each is written to a temporary name, hashed while written, and renamed. The manifest
-is rewritten (atomically) after every finished shard, so `--resume` after a kill skips every shard whose file
-still matches its recorded sha256 and plan, and ends with the same bytes as an uninterrupted run.
+re-encoded unless a resize is asked). The run has four steps, the middle two and the last spread over the worker
+processes: discover the tracklets (folder listings, name parsing) and stat the frames to keep (sizes, links), plan
+the shards from those sizes (so the same input always gives the same shards), and write each shard (members built
+by `tar_members.py`) to a temporary name, hashed while written, then renamed; threads of this process fsync the
+finished shards meanwhile. The manifest is rewritten (atomically) as shards finish, so `--resume` after a kill
+skips every shard whose file still matches its recorded sha256 and plan, and ends with the same bytes as an
+uninterrupted run. What may be written where, and what a full disk says, is `output.py`'s.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import io
 import json
 import os
-import re
-import shutil
-import tarfile
+import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from tqdm import tqdm
 
 from .. import __version__
-from ..atomic import atomic_output, remove_temporaries, write_json_atomic
-from ..parallel import worker_results
+from ..atomic import atomic_output, remove_temporaries, write_bytes_atomic, write_json_atomic
+from ..parallel import worker_pool
 from .errors import DataError, SkipLog
-from .jpeg import check_jpeg_structure
-from .layouts import Tracklet, assign_train_labels, discover, hold_out_val
+from .jpeg import JpegStructureChecker
+from .layouts import StoredFrames, Tracklet, assign_train_labels, discover, hold_out_val
+from .manifest import DATASET_INDEX_NAME, FORMAT_VERSION, MANIFEST_NAME, SHARD_NAME, read_manifest
+from .output import check_output_location, disk_full_named, prepare_output, sync_file
 from .sampling import evenly_spaced_indices
-
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-DATASET_INDEX_NAME = "dataset.json"
-SHARD_NAME = re.compile(r"^shard-\d{6}\.tar$")
+from .tar_members import PlannedSample, archive_end, sample_bytes
+TRAINING_SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class ShardOptions:
     val_ids: int = 0
     val_seed: int = 0
     on_error: str = "raise"
+    unlabelled: bool = False  # query/gallery splits are anonymised: pid unknown, any tracklet folder names
+    follow_symlinks: bool = False  # read links that lead out of the source dataset (recorded in the manifest)
 
     def __post_init__(self):
         if self.max_frames < 0:
@@ -64,6 +68,10 @@ class ShardOptions:
         values["resize"] = list(self.resize) if self.resize else None
         return values
 
+    def labelled(self, split: str) -> bool:
+        """Training splits always carry identities; the others unless the run shards them `unlabelled`."""
+        return split in TRAINING_SPLITS or not self.unlabelled
+
 
 @dataclass
 class PlannedShard:
@@ -71,7 +79,7 @@ class PlannedShard:
 
     split: str
     index: int
-    samples: list[tuple[Tracklet, list[int], bytes]] = field(default_factory=list)  # (tracklet, frame idx, json)
+    samples: list[PlannedSample] = field(default_factory=list)
     estimated_bytes: int = 0
     fingerprint: str = ""
 
@@ -80,16 +88,67 @@ class PlannedShard:
         return f"shard-{self.index:06d}.tar"
 
 
-# ---------------------------------------------------------------- planning
+# ---------------------------------------------------------------- frames to keep, and their sizes
 
-def stored_frame_indices(num_frames: int, max_frames: int) -> list[int]:
-    """Frames kept in the shard: all of them, or `max_frames` evenly spaced ones."""
+def stored_frame_indices(num_frames: int, max_frames: int) -> Sequence[int]:
+    """Frames kept in the shard: all of them (a range: cheap to send between processes), or `max_frames` evenly
+    spaced ones."""
     if max_frames == 0 or num_frames <= max_frames:
-        return list(range(num_frames))
+        return range(num_frames)
     return evenly_spaced_indices(num_frames, max_frames)
 
 
-def sample_metadata(tracklet: Tracklet, split: str, layout: str, indices: list[int]) -> dict:
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+def _inspect_frames(tracklet: Tracklet, max_frames: int, root: str, real_root: str,
+                    follow: bool) -> Tracklet | DataError:
+    """Choose and stat the frames the shard will keep (set as `tracklet.stored`), refusing links that lead out
+    of the dataset unless `follow` (then recording them). Runs in the workers, right after discovery; frames are
+    stat-ed relative to their folder (one name lookup each, as tar does)."""
+    indices = stored_frame_indices(len(tracklet.frame_names), max_frames)
+    folder, links = tracklet.folder, []
+
+    def check_link(path: str, what: str) -> None:
+        resolved = os.path.realpath(path)
+        if not _inside(resolved, real_root):
+            if not follow:
+                raise DataError(path, f"{what} is a symbolic link (or inside one) leading out of the dataset to "
+                                      f"{resolved}; pass --follow-symlinks to read it")
+            links.append((os.path.relpath(path, root), resolved))
+
+    try:
+        check_link(folder, "folder")
+        try:
+            folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as error:
+            raise DataError(folder, f"folder cannot be read ({error.strerror or error})") from None
+        try:
+            stats = []
+            for name in (tracklet.frame_names[i] for i in indices):
+                try:
+                    status = os.lstat(name, dir_fd=folder_fd)
+                    if stat.S_ISLNK(status.st_mode):
+                        check_link(os.path.join(folder, name), "frame")
+                        status = os.stat(name, dir_fd=folder_fd)
+                except OSError as error:
+                    raise DataError(os.path.join(folder, name),
+                                    f"frame cannot be read ({error.strerror or error})") from None
+                if not stat.S_ISREG(status.st_mode):
+                    raise DataError(os.path.join(folder, name), "frame is not a regular file")
+                stats.append((status.st_size, status.st_mtime_ns))
+        finally:
+            os.close(folder_fd)
+    except DataError as error:
+        return error
+    tracklet.stored = StoredFrames(indices, stats, links)
+    return tracklet
+
+
+# ---------------------------------------------------------------- planning
+
+def sample_metadata(tracklet: Tracklet, split: str, layout: str, indices: Sequence[int]) -> dict:
     """The `<key>.json` of a sample (schema in data_shards/README.md)."""
     meta = {
         "format_version": FORMAT_VERSION,
@@ -100,9 +159,9 @@ def sample_metadata(tracklet: Tracklet, split: str, layout: str, indices: list[i
         "label": tracklet.label,
         "camid": tracklet.camid,
         "platform": tracklet.platform,
-        "frame_names": [tracklet.frame_paths[i].name for i in indices],
-        "frame_indices": indices,
-        "num_source_frames": len(tracklet.frame_paths),
+        "frame_names": [tracklet.frame_names[i] for i in indices],
+        "frame_indices": list(indices),
+        "num_source_frames": len(tracklet.frame_names),
     }
     meta.update(tracklet.meta)
     return meta
@@ -112,29 +171,27 @@ def _encode_json(meta: dict) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
 
-def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: ShardOptions,
-               skips: SkipLog) -> list[PlannedShard]:
-    """Group a split's tracklets (in key order) into shards by size and/or sample count."""
+def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: ShardOptions) -> list[PlannedShard]:
+    """Group a split's tracklets (in key order; their `stored` frames known) into shards by size and/or count."""
     limit_bytes = int(options.shard_size_mb * 1024 * 1024)
     shards: list[PlannedShard] = []
     current = PlannedShard(split, 0)
     for tracklet in sorted(tracklets, key=lambda t: t.key):
-        indices = stored_frame_indices(len(tracklet.frame_paths), options.max_frames)
-        try:
-            stats = [_stat(tracklet.frame_paths[i]) for i in indices]
-        except DataError as error:
-            skips.handle(error, split)
-            continue
-        meta_json = _encode_json(sample_metadata(tracklet, split, layout, indices))
-        size = sum(s[0] for s in stats) + 512 * (len(indices) + 2) + len(meta_json)
+        stored = tracklet.stored
+        meta_json = _encode_json(sample_metadata(tracklet, split, layout, stored.indices))
+        sizes = [size for size, _ in stored.stats]
+        size = sum(sizes) + 512 * (len(sizes) + 2) + len(meta_json)
         full_by_count = options.shard_samples is not None and len(current.samples) >= options.shard_samples
         full_by_size = current.samples and current.estimated_bytes + size > limit_bytes
         if full_by_count or full_by_size:
             shards.append(current)
             current = PlannedShard(split, len(shards))
-        current.samples.append((tracklet, indices, meta_json))
+        names = tracklet.frame_names if len(stored.indices) == len(tracklet.frame_names) else \
+            [tracklet.frame_names[i] for i in stored.indices]
+        current.samples.append(PlannedSample(tracklet.key, tracklet.pid, tracklet.camid, tracklet.unknown, meta_json,
+                                             tracklet.folder, names, sizes))
         current.estimated_bytes += size
-        _update_fingerprint(current, meta_json, stats)
+        _update_fingerprint(current, meta_json, stored.stats)
     if current.samples:
         shards.append(current)
     for shard in shards:
@@ -142,14 +199,6 @@ def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: Shar
             (shard.fingerprint + json.dumps(options.as_manifest(), sort_keys=True)).encode()
         ).hexdigest()
     return shards
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    try:
-        status = path.stat()
-    except OSError as error:
-        raise DataError(str(path), f"frame cannot be read ({error.strerror or error})") from error
-    return status.st_size, status.st_mtime_ns
 
 
 def _update_fingerprint(shard: PlannedShard, meta_json: bytes, stats: list[tuple[int, int]]) -> None:
@@ -161,134 +210,52 @@ def _update_fingerprint(shard: PlannedShard, meta_json: bytes, stats: list[tuple
 
 # ---------------------------------------------------------------- writing one shard
 
-class _HashingWriter:
-    """File wrapper that hashes and counts what tarfile writes through it."""
-
-    def __init__(self, raw):
-        self.raw, self.digest, self.position = raw, hashlib.sha256(), 0
-
-    def write(self, data) -> int:
-        self.raw.write(data)
-        self.digest.update(data)
-        self.position += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.position
-
-
-def _read_frame(path: Path, options: ShardOptions) -> bytes:
-    try:
-        with open(path, "rb", buffering=0) as handle:
-            data = handle.readall()
-    except OSError as error:
-        raise DataError(str(path), f"frame cannot be read ({error.strerror or error})") from error
-    check_jpeg_structure(data, str(path))
-    if options.resize is None:
-        return data
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            height, width = options.resize
-            resized = image.convert("RGB").resize((width, height), Image.BICUBIC)
-    except OSError as error:
-        raise DataError(str(path), f"JPEG does not decode ({error})") from error
-    out = io.BytesIO()
-    resized.save(out, format="JPEG", quality=options.resize_quality)
-    return out.getvalue()
-
-
-def _member(name: str, size: int) -> tarfile.TarInfo:
-    """A tar header with every field fixed, so equal content gives equal bytes."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
-# ustar header of a regular file with the fixed fields of `_member`: name (100), mode, uid, gid, size, mtime,
-# checksum, type '0', link name, magic "ustar\0" + version "00", empty owner names, device numbers, prefix.
-_HEADER_BEFORE_SIZE = b"%07o\0" % 0o644 + b"%07o\0" % 0 + b"%07o\0" % 0
-_HEADER_AFTER_SIZE = b"%011o\0" % 0
-
-
-def ustar_header(name: str, size: int) -> bytes:
-    """The 512-byte header tarfile writes for `_member(name, size)` in USTAR format, built directly.
-
-    tarfile's general header code costs more than reading the frame itself; shards have millions of
-    members, so the fixed-field header is assembled here (a test checks it equals tarfile's byte for byte).
-    """
-    encoded = name.encode("ascii")
-    if len(encoded) > 100 or size >= 8 ** 11:
-        return _member(name, size).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
-    head = encoded.ljust(100, b"\0") + _HEADER_BEFORE_SIZE + b"%011o\0" % size + _HEADER_AFTER_SIZE
-    tail = b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 247
-    checksum = sum(head) + 8 * 32 + sum(tail)
-    return head + b"%06o\0 " % checksum + tail
-
-
-def sample_members(tracklet: Tracklet, indices: list[int], meta_json: bytes, options: ShardOptions):
-    """The tar members of one sample: (name, bytes), json first, then frames in order."""
-    frames = [_read_frame(tracklet.frame_paths[i], options) for i in indices]
-    width = max(4, len(str(len(frames) - 1)))
-    members = [(f"{tracklet.key}.json", meta_json)]
-    members += [(f"{tracklet.key}.{j:0{width}d}.jpg", data) for j, data in enumerate(frames)]
-    return members
-
-
-def _append_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    """What `tar.addfile(_member(name, len(data)), BytesIO(data))` does, with the header built directly."""
-    tar.fileobj.write(ustar_header(name, len(data)))
-    tar.fileobj.write(data)
-    remainder = len(data) % tarfile.BLOCKSIZE
-    if remainder:
-        tar.fileobj.write(b"\0" * (tarfile.BLOCKSIZE - remainder))
-    tar.offset += tarfile.BLOCKSIZE + len(data) + (tarfile.BLOCKSIZE - remainder if remainder else 0)
-
-
-def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions) -> dict:
+def write_shard(shard: PlannedShard, folder: Path, options: ShardOptions, root: str | None = None) -> dict:
     """Write one planned shard atomically; return its manifest entry (+ skip records under `skip`)."""
-    skips = SkipLog(options.on_error)
-    keys, pids, camids, frame_counts = [], [], [], []
-    with atomic_output(folder / shard.name) as raw:
-        writer = _HashingWriter(raw)
-        with tarfile.open(fileobj=writer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for tracklet, indices, meta_json in shard.samples:
-                try:
-                    members = sample_members(tracklet, indices, meta_json, options)
-                except DataError as error:
-                    skips.handle(error, shard.split)
-                    continue
-                for name, data in members:
-                    _append_member(tar, name, data)
-                keys.append(tracklet.key)
-                pids.append(tracklet.pid)
-                camids.append(tracklet.camid)
-                frame_counts.append(len(indices))
+    skips = SkipLog(options.on_error, root=root)
+    check = JpegStructureChecker()  # frames of a tracklet share their header: it is walked once
+    written: list[PlannedSample] = []
+    digest, size = hashlib.sha256(), 0
+    path = folder / shard.name
+    with disk_full_named(path), atomic_output(path, sync=False) as raw:  # made durable by `sync_file`
+        for sample in shard.samples:
+            try:
+                data = sample_bytes(sample, options.resize, options.resize_quality, check)
+            except DataError as error:
+                skips.handle(error, shard.split)
+                continue
+            raw.write(data)
+            digest.update(data)
+            size += len(data)
+            written.append(sample)
+        end = archive_end(size)
+        raw.write(end)
+        digest.update(end)
+        size += len(end)
+    unknown: dict[str, int] = {}
+    for sample in written:
+        for what in sample.unknown:
+            unknown[what] = unknown.get(what, 0) + 1
     return {
         "name": shard.name,
-        "sha256": writer.digest.hexdigest(),
-        "bytes": writer.position,
-        "samples": len(keys),
-        "frames": sum(frame_counts),
-        "keys": keys,
-        "pids": pids,
-        "camids": camids,
-        "frame_counts": frame_counts,
+        "sha256": digest.hexdigest(),
+        "bytes": size,
+        "samples": len(written),
+        "frames": sum(len(sample.names) for sample in written),
+        "keys": [sample.key for sample in written],
+        "pids": [sample.pid for sample in written],
+        "camids": [sample.camid for sample in written],
+        "frame_counts": [len(sample.names) for sample in written],
         "fingerprint": shard.fingerprint,
         "skipped": skips.skipped,
+        "unknown": dict(sorted(unknown.items())),
     }
 
 
 def _write_shard_task(task) -> tuple[str, dict]:
-    """Pool entry point: (split, manifest entry), or (split, {"error": ...}) to re-raise in the parent."""
-    shard, folder, options = task
-    try:
-        return shard.split, write_shard(shard, folder, options)
-    except DataError as error:  # under the raise policy: hand the error back to the parent intact
-        return shard.split, {"error": (error.item, error.rule)}
+    """Pool entry point: (split, manifest entry); errors cross the pool as themselves (DataError pickles)."""
+    shard, folder, options, root = task
+    return shard.split, write_shard(shard, folder, options, root)
 
 
 def sha256_of_file(path: Path) -> str:
@@ -306,14 +273,19 @@ def split_folder(out: Path, split: str) -> Path:
 
 
 def build_manifest(split: str, layout: str, options: ShardOptions, entries: list[dict], skipped: list[dict],
-                   num_classes: int | None, complete: bool) -> dict:
+                   num_classes: int | None, complete: bool, links: list[tuple[str, str]] = ()) -> dict:
     """Manifest of one shard set: per-shard records plus totals (schema in data_shards/README.md)."""
     entries = sorted(entries, key=lambda e: e["name"])
-    pids = sorted({p for e in entries for p in e["pids"]})
+    labelled = options.labelled(split)
+    pids = sorted({p for e in entries for p in e["pids"] if p is not None})
     camera_counts: dict[str, int] = {}
+    unknown: dict[str, int] = {}
     for entry in entries:
         for camid in entry["camids"]:
-            camera_counts[str(camid)] = camera_counts.get(str(camid), 0) + 1
+            if camid is not None:
+                camera_counts[str(camid)] = camera_counts.get(str(camid), 0) + 1
+        for what, count in entry.get("unknown", {}).items():
+            unknown[what] = unknown.get(what, 0) + count
     frame_counts = [c for e in entries for c in e["frame_counts"]]
     skip_log = SkipLog(options.on_error, list(skipped))  # this split's share of the run's skips
     return {
@@ -322,6 +294,7 @@ def build_manifest(split: str, layout: str, options: ShardOptions, entries: list
         "tool_version": __version__,
         "layout": layout,
         "split": split,
+        "labelled": labelled,
         "options": options.as_manifest(),
         "complete": complete,
         "num_classes": num_classes,
@@ -330,10 +303,12 @@ def build_manifest(split: str, layout: str, options: ShardOptions, entries: list
             "samples": sum(e["samples"] for e in entries),
             "frames": sum(frame_counts),
             "bytes": sum(e["bytes"] for e in entries),
-            "identities": len(pids),
+            "identities": len(pids) if labelled else None,
         },
         "identities": pids,
         "cameras": dict(sorted(camera_counts.items(), key=lambda item: int(item[0]))),
+        "unknown": dict(sorted(unknown.items())),
+        "links_followed": [{"path": path, "resolved": resolved} for path, resolved in sorted(set(links))],
         "frames_per_sample": {
             "min": min(frame_counts, default=0),
             "max": max(frame_counts, default=0),
@@ -344,22 +319,15 @@ def build_manifest(split: str, layout: str, options: ShardOptions, entries: list
     }
 
 
-def read_manifest(folder: Path) -> dict | None:
-    path = folder / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(str(path), f"manifest is not valid JSON ({error})") from error
-
-
 def _reusable_entries(folder: Path, planned: list[PlannedShard]) -> dict[str, dict]:
     """Shards of a previous run whose plan is unchanged and whose file still has the recorded sha256."""
-    previous = read_manifest(folder)
-    if previous is None:
+    if not (folder / MANIFEST_NAME).is_file():
         return {}
-    by_name = {entry["name"]: entry for entry in previous.get("shards", [])}
+    try:
+        previous = read_manifest(folder)
+    except DataError:  # an interim manifest is written unsynced: a crash may have emptied it; start the split over
+        return {}
+    by_name = {entry.get("name"): entry for entry in previous["shards"] if isinstance(entry, dict)}
     reusable = {}
     for shard in planned:
         entry = by_name.get(shard.name)
@@ -389,73 +357,104 @@ class ShardRunResult:
     reused: int
 
 
-def _prepare_output(out: Path, overwrite: bool, resume: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
-        raise FileExistsError(f"{out} is not empty: pass --resume to continue a run or --overwrite to replace it")
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(out)
-
-
 def shard_dataset(source: Path, out: Path, options: ShardOptions, workers: int = 1, resume: bool = False,
                   overwrite: bool = False, progress: bool = True) -> ShardRunResult:
     """Discover, plan and write every split of `source` into shard sets under `out`."""
     source, out = Path(source), Path(out)
-    skips = SkipLog(options.on_error)
-    layout, splits = discover(source, options.layout, skips, options.camid_rule, options.aerial_camera)
-    if "train" in splits:
-        hold_out_val(splits, options.val_ids, options.val_seed)
-    num_classes = assign_train_labels(splits)
-    _prepare_output(out, overwrite, resume)
+    check_output_location(source, out)
+    skips = SkipLog(options.on_error, root=str(source))
+    inspect = functools.partial(_inspect_frames, max_frames=options.max_frames, root=str(source),
+                                real_root=os.path.realpath(source), follow=options.follow_symlinks)
+    with worker_pool(workers) as pool:
+        layout, splits = discover(source, options.layout, skips, options.camid_rule, options.aerial_camera,
+                                  options.unlabelled, run_tasks=pool.map, inspect=inspect)
+        for split, tracklets in splits.items():  # tracklets found in this process (MARS-style): inspected here
+            outcomes = pool.map(inspect, [t for t in tracklets if t.stored is None])
+            splits[split] = []
+            for tracklet in tracklets:
+                outcome = tracklet if tracklet.stored is not None else next(outcomes)
+                if isinstance(outcome, DataError):
+                    skips.handle(outcome, split)
+                else:
+                    splits[split].append(outcome)
+        if "train" in splits:
+            hold_out_val(splits, options.val_ids, options.val_seed)
+        num_classes = assign_train_labels(splits)
+        plans = {split: plan_split(split, tracklets, layout, options) for split, tracklets in splits.items()}
+        for split in splits:
+            if not plans[split]:
+                raise DataError(f"{source} [{split}]", "split is empty: no tracklet left to shard")
+        prepare_output(out, overwrite, resume)
+        links = {split: [link for t in tracklets for link in t.stored.links] for split, tracklets in splits.items()}
+        return _write_splits(pool, source, out, layout, options, plans, links, num_classes, skips, resume, progress)
 
-    plans = {split: plan_split(split, tracklets, layout, options, skips) for split, tracklets in splits.items()}
-    for split, tracklets in splits.items():
-        if not plans[split]:
-            raise DataError(f"{source} [{split}]", "split is empty: no tracklet left to shard")
+
+def _write_splits(pool, source: Path, out: Path, layout: str, options: ShardOptions, plans: dict, links: dict,
+                  num_classes: int, skips: SkipLog, resume: bool, progress: bool) -> ShardRunResult:
     entries: dict[str, list[dict]] = {}
     tasks = []
     reused = 0
     for split, planned in plans.items():
         folder = split_folder(out, split)
-        folder.mkdir(parents=True, exist_ok=True)
+        with disk_full_named(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         keep = _reusable_entries(folder, planned) if resume else {}
         _remove_stale(folder, planned)
         entries[split] = list(keep.values())
         reused += len(keep)
-        tasks += [(shard, folder, options) for shard in planned if shard.name not in keep]
-
-    def labels_for(split: str) -> int | None:
-        return num_classes if split == "train" else None
+        tasks += [(shard, folder, options, str(source)) for shard in planned if shard.name not in keep]
+    tasks.sort(key=lambda task: -task[0].estimated_bytes)  # biggest first: workers finish together
 
     def manifest_for(split: str, complete: bool) -> dict:
         skipped = skips.for_split(split) + [record for e in entries[split] for record in e["skipped"]]
-        return build_manifest(split, layout, options, entries[split], skipped, labels_for(split), complete)
+        return build_manifest(split, layout, options, entries[split], skipped,
+                              num_classes if split == "train" else None, complete, links[split])
 
-    total_samples = sum(len(shard.samples) for shard, _, _ in tasks)
-    with worker_results(_write_shard_task, tasks, workers) as results, \
+    def write_interim_manifest(split: str, manifest: dict) -> None:
+        path = split_folder(out, split) / MANIFEST_NAME
+        with disk_full_named(path):  # a hint for --resume, which re-checks it: compact and unsynced
+            write_bytes_atomic(path, json.dumps(manifest, sort_keys=True).encode(), sync=False)
+
+    listed = dict.fromkeys(plans, 0)
+
+    def note_progress(split: str) -> None:
+        """Rewrite the split's interim manifest after each shard while there are few, then after every ~6 %
+        more: a kill loses at most that much work, and a run of thousands of shards is not quadratic in them."""
+        if len(entries[split]) - listed[split] >= max(1, len(entries[split]) // 16):
+            listed[split] = len(entries[split])
+            write_interim_manifest(split, manifest_for(split, complete=False))
+
+    total_samples = sum(len(shard.samples) for shard, _, _, _ in tasks)
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="xfd-shard-sync") as syncing, \
             tqdm(total=total_samples, unit="tracklet", desc="xfd-shard", disable=not progress) as bar:
-        for split, result in results:
-            if "error" in result:
-                raise DataError(*result["error"])
+        synced = []
+        for split, result in pool.map(_write_shard_task, tasks, ordered=False):
+            synced.append(syncing.submit(sync_file, split_folder(out, split) / result["name"]))
             entries[split].append(result)
-            write_json_atomic(split_folder(out, split) / MANIFEST_NAME, manifest_for(split, complete=False))
+            note_progress(split)
             bar.update(result["samples"] + len(result["skipped"]))
+        for future in synced:
+            future.result()  # every shard on disk before any manifest says complete
 
-    manifests = {}
-    for split in splits:
-        manifests[split] = manifest_for(split, complete=True)
-        write_json_atomic(split_folder(out, split) / MANIFEST_NAME, manifests[split])
+        manifests = {}
+        for split in plans:  # written first, then synced together (one journal commit rather than one each)
+            manifests[split] = manifest_for(split, complete=True)
+            path = split_folder(out, split) / MANIFEST_NAME
+            with disk_full_named(path):
+                write_json_atomic(path, manifests[split], sync=False)
+        for future in [syncing.submit(sync_file, split_folder(out, split) / MANIFEST_NAME) for split in plans]:
+            future.result()
     all_skips = SkipLog(options.on_error, skips.skipped + [
-        record for split in splits for entry in entries[split] for record in entry["skipped"]
+        record for split in plans for entry in entries[split] for record in entry["skipped"]
     ])
-    write_json_atomic(out / DATASET_INDEX_NAME, {
-        "format_version": FORMAT_VERSION,
-        "tool_version": __version__,
-        "layout": layout,
-        "num_classes": num_classes,
-        "splits": {split: {"path": split, **manifests[split]["totals"]} for split in sorted(splits)},
-        "skipped": all_skips.as_manifest(),
-    })
+    with disk_full_named(out / DATASET_INDEX_NAME):
+        write_json_atomic(out / DATASET_INDEX_NAME, {
+            "format_version": FORMAT_VERSION,
+            "tool_version": __version__,
+            "layout": layout,
+            "num_classes": num_classes,
+            "splits": {split: {"path": split, "labelled": manifests[split]["labelled"], **manifests[split]["totals"]}
+                       for split in sorted(plans)},
+            "skipped": all_skips.as_manifest(),
+        })
     return ShardRunResult(layout, manifests, written=len(tasks), reused=reused)
-

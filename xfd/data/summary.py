@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass
 class SplitReport:
     split: str
-    identities: int
+    identities: int | None  # None: an unlabelled split (identities unknown)
     tracklets: int
     frames: int
     shards: int
@@ -36,7 +36,10 @@ def format_summary(rows: list[SplitReport]) -> str:
         status = f"{len(row.problems)} problem(s)" if row.problems else "ok"
         if row.skipped:
             status += f" ({row.skipped} tracklets skipped by --on-error skip)"
-        lines.append(f"{row.split:<34} {row.identities:>5} {row.tracklets:>9} {row.frames:>8} {row.shards:>6} "
+        if row.identities is None:
+            status += " (unlabelled)"
+        identities = "-" if row.identities is None else row.identities
+        lines.append(f"{row.split:<34} {identities:>5} {row.tracklets:>9} {row.frames:>8} {row.shards:>6} "
                      f"{row.bytes / 1e6:>9.2f}  {status}")
     totals = SplitReport("total", 0, *(sum(getattr(r, f) for r in rows) for f in ("tracklets", "frames", "shards", "bytes")), [])
     lines.append(f"{'total':<34} {'':>5} {totals.tracklets:>9} {totals.frames:>8} {totals.shards:>6} {totals.bytes / 1e6:>9.2f}")

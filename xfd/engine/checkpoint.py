@@ -51,14 +51,30 @@ def _deepspeed_data_classes() -> list:
     return [LossScaler, ZeroStageEnum, fragment_address]
 
 
+class UnreadableCheckpointFile(RuntimeError):
+    """A file of a checkpoint cannot be read (cut short by a crash or damaged since); `advice` says what to do."""
+
+    def __init__(self, path: str | Path, reason: str, advice: str = ""):
+        self.path, self.reason, self.advice = str(path), reason, advice
+        super().__init__(f"{path}: checkpoint file cannot be read, it is torn or damaged ({reason})"
+                         + (f". {advice}" if advice else ""))
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def safe_checkpoint_engine(config_params=None):
     """DeepSpeed's torch checkpoint engine with `torch.load(weights_only=True)` and an explicit allow-list."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
     class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
         def load(self, path: str, map_location=None):
-            with torch.serialization.safe_globals(_deepspeed_data_classes()):
-                return torch.load(path, map_location=map_location, weights_only=True)
+            try:
+                with torch.serialization.safe_globals(_deepspeed_data_classes()):
+                    return torch.load(path, map_location=map_location, weights_only=True)
+            except (RuntimeError, EOFError, OSError) as error:  # a torn zip: "PytorchStreamReader failed ..."
+                raise UnreadableCheckpointFile(path, _first_line(error)) from None
 
     return WeightsOnlyCheckpointEngine(config_params)
 
@@ -118,13 +134,52 @@ def prune(folder: Path, keep: int) -> list[str]:
     return doomed
 
 
-def load_checkpoint(engine, run_dir: str | Path, tag: str, rank: int) -> dict:
-    """Restore model, optimiser, LR scheduler and this rank's RNG from `tag`; returns the client state."""
-    from xfd.engine.steps import restore_rng
+def _opens(folder: Path) -> bool:
+    """Every torch file of a checkpoint folder ends in a complete zip directory (what a torn write lacks)."""
+    import zipfile
 
-    restore_rng(Path(run_dir) / CHECKPOINTS / tag, rank)
-    path, client = engine.load_checkpoint(str(Path(run_dir) / CHECKPOINTS), tag=tag, load_optimizer_states=True,
-                                          load_lr_scheduler_states=True)
+    files = sorted(folder.glob("*.pt"))
+    try:
+        for path in files:
+            zipfile.ZipFile(path).close()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return bool(files)
+
+
+def resume_advice(folder: Path, tag: str) -> str:
+    """What to do when checkpoint `tag` in `folder` cannot be read: resume from the previous one, if any."""
+    def order(name: str) -> tuple[int, int, int]:  # optimizer step, then stage and epoch (two tags may share a step)
+        stage, epoch, step = parse_tag(name)
+        return step, stage, epoch
+
+    earlier = sorted((order(p.name), p.name) for p in folder.iterdir() if _TAG.match(p.name)
+                     and order(p.name) < order(tag))
+    if not earlier:
+        return (f"There is no earlier checkpoint in {folder}: start a new run (a new --output, without --resume)")
+    previous = earlier[-1][1]
+    state = "is intact (every file of it opens)" if _opens(folder / previous) else "is there"
+    return (f"The previous checkpoint {previous} {state}: to resume from it, point {folder / LATEST} at it "
+            f"(echo {previous} > {folder / LATEST}) and run the same command again with --resume")
+
+
+def load_checkpoint(engine, run_dir: str | Path, tag: str, rank: int) -> dict:
+    """Restore model, optimiser, LR scheduler and this rank's RNG from `tag`; returns the client state. A file
+    that cannot be read is an UnreadableCheckpointFile naming it, saying how to resume from the previous one."""
+    from safetensors import SafetensorError
+
+    from xfd.engine.steps import restore_rng, rng_file
+
+    folder = Path(run_dir) / CHECKPOINTS
+    try:
+        try:
+            restore_rng(folder / tag, rank)
+        except SafetensorError as error:
+            raise UnreadableCheckpointFile(rng_file(folder / tag, rank), _first_line(error)) from None
+        path, client = engine.load_checkpoint(str(folder), tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+    except UnreadableCheckpointFile as error:
+        raise UnreadableCheckpointFile(error.path, error.reason, resume_advice(folder, tag)) from None
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {tag} from {Path(run_dir) / CHECKPOINTS}")
     return client
@@ -153,14 +208,19 @@ def save_model_file(path: str | Path, state: dict[str, torch.Tensor], metadata: 
 
 def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, metadata) of a model file; safetensors holds only tensors, so nothing executes."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    return load_file(str(path)), metadata
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return load_file(str(path)), metadata
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a readable safetensors model file ({_first_line(error)}); xfd expected a "
+                         "model file written by training (RUN/model.safetensors or RUN/best.safetensors: a "
+                         "safetensors file with the config embedded)") from None
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):

@@ -1,6 +1,6 @@
 """The DeepSpeed config a run uses: the engine JSON (ZeRO stage, offload, buckets) + what the experiment owns.
 
-ARCHITECTURE decision 6: `ds_configs/*.json` hold engine settings only. Batch sizes, gradient clipping, precision
+docs/design.md, decision 6: `ds_configs/*.json` hold engine settings only. Batch sizes, gradient clipping, precision
 and monitor paths come from the experiment config and the run folder, and are written into the dict here; a JSON
 that sets them differently is an error (two sources of truth for the batch size would silently disagree).
 The global batch identity `train_batch_size = micro x accumulation x world` is asserted, as DeepSpeed would.

@@ -1,5 +1,5 @@
 """Stage 2 of CLIP-ReID: the text features are fixed; the image side trains on PK batches of augmented
-tracklets with 0.25·ID + 1.0·triplet + 1.0·i2tce (REFERENCE §4), validated every `validate_every` epochs on the
+tracklets with 0.25·ID + 1.0·triplet + 1.0·i2tce (docs/model.md), validated every `validate_every` epochs on the
 held-out split. The text branch is detached from the module DeepSpeed wraps (it no longer trains, and under
 ZeRO-3 its weights were already partitioned by stage 1's engine); its state rejoins the exported model file.
 """
@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from xfd.config import ExperimentConfig, dump_config
+from xfd.config import dump_config
 from xfd.data.index import ShardIndex
 from xfd.data.loader import TrainLoader
 from xfd.data.pipeline import FramePipeline

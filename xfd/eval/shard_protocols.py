@@ -15,7 +15,6 @@ unlabelled side (no pids).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from xfd.data.index import ShardIndex
 from xfd.data.shard import DATASET_INDEX_NAME, MANIFEST_NAME
 from xfd.eval.protocol import ProtocolData, from_feature_sets
 from xfd.eval.submission import SubmissionCase, ordered_cases
-from xfd.inference import (FeatureSet, empty_feature_set, extract_split, gather_feature_sets, read_split_manifest,
-                           split_is_labelled, tracklet_record)
+from xfd.data.manifest import is_labelled, read_dataset_index, read_manifest
+from xfd.inference import FeatureSet, empty_feature_set, extract_split, gather_feature_sets, tracklet_record
 
 _SHORT = {"aerial_to_ground": "A2G", "ground_to_aerial": "G2A", "aerial_to_aerial": "A2A",
           "ground_to_ground": "G2G"}
@@ -49,10 +48,7 @@ def find_protocols(root: str | Path) -> list[ProtocolSplits]:
     index = root / DATASET_INDEX_NAME
     if not index.is_file():
         raise FileNotFoundError(f"{index}: not an xfd-shard output folder")
-    try:
-        splits = set(json.loads(index.read_text())["splits"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
-        raise DataError(str(index), f"not a readable shard-set index ({error!r})") from None
+    splits = set(read_dataset_index(root)["splits"])
     sides = {split for split in splits if _SIDE.match(split)}
     for split in sorted(sides):
         if not (root / split / MANIFEST_NAME).is_file():
@@ -91,7 +87,7 @@ def _side_splits_on_disk(root: Path) -> list[str]:
 
 def split_size(folder: str | Path) -> int:
     """Tracklets the shard set in `folder` holds, from its manifest (no shard is opened)."""
-    return sum(int(entry["samples"]) for entry in read_split_manifest(folder)["shards"])
+    return sum(int(entry["samples"]) for entry in read_manifest(folder)["shards"])
 
 
 @dataclass(frozen=True)
@@ -115,7 +111,7 @@ def extract_protocols(model, root: str | Path, *, num_frames: int, batch_size: i
         for split in (protocol.query, protocol.gallery):
             folder = root / split
             if split_size(folder) == 0:  # every rank reads the same manifest: all skip it together
-                labelled = split_is_labelled(read_split_manifest(folder))
+                labelled = is_labelled(read_manifest(folder))
                 sides.append(empty_feature_set(int(model.feature_dim), labelled))
                 continue
             start = time.perf_counter()
@@ -132,8 +128,8 @@ def extract_protocols(model, root: str | Path, *, num_frames: int, batch_size: i
 def split_labels(folder: str | Path) -> FeatureSet:
     """A shard set's labels and metadata without features (0-dimensional rows), read from the samples' JSON."""
     folder = Path(folder)
-    manifest = read_split_manifest(folder)
-    labelled = split_is_labelled(manifest)
+    manifest = read_manifest(folder)
+    labelled = is_labelled(manifest)
     if not manifest["shards"] or split_size(folder) == 0:
         return empty_feature_set(0, labelled)
     with ShardIndex.open(folder) as index:

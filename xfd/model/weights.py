@@ -202,9 +202,14 @@ def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return _unwrap(load_file(str(path), device="cpu"), path)
+        try:
+            return _unwrap(load_file(str(path), device="cpu"), path)
+        except SafetensorError as err:
+            raise WeightsFormatError(f"{path}: not a readable safetensors file ({err}); a .safetensors weights file "
+                                     "must be a safetensors state dict (open_clip / Hugging Face exports)") from None
     if is_torchscript_archive(path):
         state = read_torchscript_state_dict(path)
     else:

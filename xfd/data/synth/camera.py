@@ -27,7 +27,7 @@ from .figure import Figure
 from .identity import Color
 from .render import extent, project, view_basis
 
-REFERENCE_HEIGHT_M = 1.7
+PERSON_HEIGHT_M = 1.7
 _NEAR_RANGE_M, _NEAR_PX = math.hypot(5.8, 10.0), 120.0
 _FAR_RANGE_M, _FAR_PX = math.hypot(60.0, 120.0), 20.0
 _SIZE_EXPONENT = math.log(_NEAR_PX / _FAR_PX) / math.log(_FAR_RANGE_M / _NEAR_RANGE_M)
@@ -83,7 +83,7 @@ def ground_geometry(rng: np.random.Generator, camera: int) -> tuple[float, float
     front or back; a few degrees of tilt and heading wobble; 80-175 px for a 1.7 m person (crops ~100-250 px)."""
     base = 90.0 if camera == 1 else 0.0
     azimuth = base + 180.0 * rng.integers(0, 2) + rng.normal(0.0, 10.0)
-    return float(rng.uniform(3.0, 12.0)), float(azimuth % 360), float(rng.uniform(80.0, 175.0) / REFERENCE_HEIGHT_M)
+    return float(rng.uniform(3.0, 12.0)), float(azimuth % 360), float(rng.uniform(80.0, 175.0) / PERSON_HEIGHT_M)
 
 
 def aerial_geometry(rng: np.random.Generator, capture_point: int) -> tuple[float, float, float]:
@@ -92,7 +92,7 @@ def aerial_geometry(rng: np.random.Generator, capture_point: int) -> tuple[float
     angle, height, distance = CAPTURE_POINTS[capture_point]
     elevation = min(90.0, angle + rng.normal(0.0, 1.5))
     px = aerial_person_px(height, distance) * rng.uniform(0.9, 1.1)
-    return float(elevation), float(rng.uniform(0.0, 360.0)), float(px / REFERENCE_HEIGHT_M)
+    return float(elevation), float(rng.uniform(0.0, 360.0)), float(px / PERSON_HEIGHT_M)
 
 
 def make_view(rng: np.random.Generator, platform: str, geometry: tuple[float, float, float],

@@ -1,6 +1,6 @@
 """DetReIDX names for synthetic tracklets: split folders, tracklet folders and frame file names.
 
-The names are the contract with `xfd.data.metadata.parse_detreidx_frame` (REFERENCE §1):
+The names are the contract with `xfd.data.metadata.parse_detreidx_frame` (docs/datasets.md):
 - aerial, 13 fields: `{pid}_{dd}_{mm}_{yyyy}_{hh}_{mi}_{height}_{distance}_{angle}_{location}_{attr}_S{s}_{frame}`,
   e.g. `0004_23_10_2024_09_18_5.8_10_30_3_walk_S1_00012.jpg` — height/distance/angle at fields 6/7/8, printed
   like the capture-point table (`f"{x:g}"`: 5.8, 10, 11.5, 120);

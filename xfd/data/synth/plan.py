@@ -5,7 +5,7 @@ so output does not depend on how tracklets are spread over workers. Every random
 seeded by `numpy.random.SeedSequence([seed, purpose, ...])`, so one identity's body does not change when, say,
 the frame-count range changes.
 
-Layout (REFERENCE §1): train and test identities are disjoint. A train identity gets one ground tracklet and
+Layout (docs/datasets.md): train and test identities are disjoint. A train identity gets one ground tracklet and
 `train_aerial` aerial tracklets from distinct capture points in each session (2 + 2·train_aerial: 4 by default;
 the demo uses 2, so that training sees aerial pairs of one outfit from two capture points, as A2A asks of it).
 A test identity gets one query and one gallery tracklet in each case (6):
