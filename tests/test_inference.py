@@ -27,7 +27,7 @@ from xfd.inference import TRACKLET_COLUMNS, UNKNOWN, FeatureSet, extract_split, 
 from xfd.model import build_model
 
 from dataset_builders import write_detreidx
-from unlabelled_shards import anonymise
+from unlabelled_shards import unlabelled_shards
 
 OVERRIDES = ["model.num_classes=2", "model.backbone.image_size=[32,16]"]
 IMAGE_SIZE = (32, 16)
@@ -296,21 +296,19 @@ def test_a_truncated_shard_is_an_error_naming_it(model, val_split, tmp_path):
     assert len(parts[0]) == 7
 
 
-def test_an_unlabelled_split_gives_features_without_pids(model, val_split, tmp_path):
-    root = tmp_path / "root"
-    (root / "case9_x").mkdir(parents=True)
-    shutil.copytree(val_split, root / "case9_x" / "query")
-    (root / "dataset.json").write_text(json.dumps({"splits": {"case9_x/query": {"path": "case9_x/query"}}}))
-    renamed = anonymise(root, tmp_path / "anonymous")
-    labelled = _extract(model, val_split)
-    unlabelled = _extract(model, tmp_path / "anonymous" / "case9_x" / "query")
+def test_an_unlabelled_split_gives_features_without_pids(model, tmp_path):
+    source = write_detreidx(tmp_path / "src", [dict(entry, split="case9_aerial_to_ground/query") for entry in _spec()])
+    shard_dataset(source, tmp_path / "shards", ShardOptions(), progress=False)
+    anonymous, renamed = unlabelled_shards(source, tmp_path)  # scrambled folders, xfd-shard --unlabelled
+    labelled = _extract(model, tmp_path / "shards" / "case9_aerial_to_ground" / "query")
+    folder = anonymous / "case9_aerial_to_ground" / "query"
+    unlabelled = _extract(model, folder)
     assert not unlabelled.labelled and unlabelled.pids is None and len(unlabelled) == len(labelled)
-    assert unlabelled.names == unlabelled.keys == sorted(renamed[k] for k in labelled.keys)
+    assert unlabelled.names == sorted(renamed[k] for k in labelled.keys)
     assert (unlabelled.meta["folder_pid"] == UNKNOWN).all()
-    order = [unlabelled.keys.index(renamed[k]) for k in labelled.keys]
+    order = [unlabelled.names.index(renamed[k]) for k in labelled.keys]
     np.testing.assert_allclose(unlabelled.features[order], labelled.features, atol=1e-6)
     np.testing.assert_array_equal(unlabelled.camids[order], labelled.camids)
-    folder = tmp_path / "anonymous" / "case9_x" / "query"
     key = unlabelled.keys[3]
     _rewrite_sample(folder, key, lambda meta: dict(meta, pid=12))
     with pytest.raises(DataError, match="sample of an unlabelled split carries pid 12 \\/ label None \\(must be null\\)"):

@@ -19,7 +19,7 @@ from xfd.eval.protocol import load_npz
 from xfd.inference import FeatureSet
 
 from dataset_builders import sharded_detreidx
-from unlabelled_shards import anonymise
+from unlabelled_shards import unlabelled_shards
 
 OVERRIDES = ["model.backbone.image_size=[32,16]", "data.num_frames=4", "eval.batch_size=4", "data.dali_threads=1"]
 TEST_IDS = 4
@@ -29,8 +29,8 @@ TEST_IDS = 4
 def roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("entry_points")
     labelled = sharded_detreidx(base, train_ids=2, test_ids=TEST_IDS)
-    renamed = anonymise(labelled, base / "anonymous", seed=5)
-    return labelled, base / "anonymous", renamed
+    anonymous, renamed = unlabelled_shards(base / "src", base, seed=5)  # xfd-shard --unlabelled, scrambled names
+    return labelled, anonymous, renamed
 
 
 @pytest.fixture
