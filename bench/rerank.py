@@ -128,10 +128,9 @@ def run_dense(args) -> dict:
 
 def run_xfd(args) -> dict:
     """xfd's streaming re-ranking into the metrics, as one process or as this rank of a gloo group."""
-    from xfd.eval.metrics import RankingAccumulator
+    from xfd.eval.metrics import QueryScores, RankingAccumulator
     from xfd.eval.rerank import RerankTimes, k_reciprocal_stream
     from xfd.eval.rerank_memory import blend_rows, plan
-    from xfd.eval.rerank_score import reduce_metrics
     from xfd.eval.rerank_team import RankTeam, Solo
     from xfd.kernels.graph import default_block_size
     from xfd.kernels.workers import available_cpus
@@ -166,7 +165,8 @@ def run_xfd(args) -> dict:
         if args.out and world == 1:
             with open(args.out, "ab") as handle:
                 handle.write(np.ascontiguousarray(block).tobytes())
-    metrics = reduce_metrics(accumulator, team).to_dict() if args.device == "cpu" else {}
+    metrics = QueryScores.merge(team.gather_objects(accumulator.queries())).metrics().to_dict() \
+        if args.device == "cpu" else {}
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"rank": team.rank, "world": world, "time_s": elapsed, "cpu_s": cpu, "peak_gib": _peak_gib(),
             "predicted_gib": memory.host_bytes / 2**30, "steps": times.steps, "digests": digests,
