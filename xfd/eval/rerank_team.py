@@ -149,8 +149,9 @@ class RankTeam:
         for rank, value in enumerate(digests):
             groups.setdefault(value, []).append(rank)
         if len(groups) > 1:
-            parts = "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} hold one version"
-                              for ranks in groups.values())
+            parts = "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} "
+                              f"hold{'' if len(ranks) > 1 else 's'} {'one version' if i == 0 else 'another'}"
+                              for i, ranks in enumerate(groups.values()))
             raise ValueError(f"distributed evaluation: the ranks were given different {description} ({parts}); "
                              "every rank must hold the same query and gallery features, dtype and parameters")
 
