@@ -135,6 +135,9 @@ def run_xfd(args) -> dict:
     from xfd.kernels.graph import default_block_size
     from xfd.kernels.workers import available_cpus
 
+    import torch  # noqa: F401 - loaded as in xfd-eval and launcher/evaluate.py (and the R-rank runs' gloo group),
+    # so that 1 and R ranks start from the same resident set, the one the planner counts
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     team = Solo()
     if world > 1:
