@@ -87,9 +87,9 @@ def evaluation_context(output: str | Path, device: str | None = None) -> Iterato
     (`start_distributed`: NCCL on GPUs, gloo on CPU; no DeepSpeed engine, evaluation only needs the process group
     for gathering features and sharing the scoring); each rank's CuPy work runs on its own GPU; the group is
     destroyed on exit. A plain run is a world of one without a process group, on `device` (default CUDA when
-    present). Both use training's CPU numerics (strict MKL reproducibility,
-    plain CPU kernels), so one process gives bit-identical features to N ranks; a plain run puts the previous
-    settings back.
+    present). Both use training's CPU numerics (strict MKL reproducibility, plain CPU kernels), so one process
+    gives bit-identical features to N ranks; a plain run puts the previous settings back. xfd-eval starts its
+    ranks here too.
     """
     from xfd.engine.context import RunContext, start_distributed, use_reproducible_cpu_numerics
 

@@ -40,7 +40,7 @@ FRAME_SAMPLING = {"even": "evenly spaced", "clips": "every frame in clips of L, 
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """How rank 0 evaluates and what the report shows."""
+    """How the ranks evaluate and what the report shows."""
 
     rerank: RerankParams | None = None  # also evaluate with exact k-reciprocal re-ranking
     device: str = "auto"  # distances and re-ranking: "auto" | "cpu" | "cuda" (CuPy)
