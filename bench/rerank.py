@@ -128,13 +128,15 @@ def run_dense(args) -> dict:
 
 def run_xfd(args) -> dict:
     """xfd's streaming re-ranking into the metrics, as one process or as this rank of a gloo group."""
-    from xfd.eval.metrics import RankingAccumulator
+    from xfd.eval.metrics import QueryScores, RankingAccumulator
     from xfd.eval.rerank import RerankTimes, k_reciprocal_stream
     from xfd.eval.rerank_memory import blend_rows, plan
-    from xfd.eval.rerank_score import reduce_metrics
     from xfd.eval.rerank_team import RankTeam, Solo
     from xfd.kernels.graph import default_block_size
     from xfd.kernels.workers import available_cpus
+
+    import torch  # noqa: F401 - loaded as in xfd-eval and launcher/evaluate.py (and the R-rank runs' gloo group),
+    # so that 1 and R ranks start from the same resident set, the one the planner counts
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     team = Solo()
@@ -166,7 +168,8 @@ def run_xfd(args) -> dict:
         if args.out and world == 1:
             with open(args.out, "ab") as handle:
                 handle.write(np.ascontiguousarray(block).tobytes())
-    metrics = reduce_metrics(accumulator, team).to_dict() if args.device == "cpu" else {}
+    metrics = QueryScores.merge(team.gather_objects(accumulator.queries())).metrics().to_dict() \
+        if args.device == "cpu" else {}
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"rank": team.rank, "world": world, "time_s": elapsed, "cpu_s": cpu, "peak_gib": _peak_gib(),
             "predicted_gib": memory.host_bytes / 2**30, "steps": times.steps, "digests": digests,

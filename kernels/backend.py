@@ -32,6 +32,13 @@ def gpu_available() -> bool:
         return False
 
 
+def use_gpu(index: int) -> None:
+    """Make CUDA device `index` CuPy's current device in this thread (each rank of a launch computes on its local
+    GPU; CuPy's current device is its own, apart from torch's). Nothing happens without CuPy or a GPU."""
+    if gpu_available():
+        _cupy_module().cuda.Device(index).use()
+
+
 def resolve_device(device: str) -> str:
     """Map "auto" | "cpu" | "cuda" to the device that will run: "cpu" or "cuda"."""
     if device not in DEVICES:

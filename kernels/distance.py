@@ -83,12 +83,15 @@ def pairwise_distances(a, b, metric: str):
 
 
 def pair_distances(a, b, metric: str, a_sq=None, b_sq=None):
-    """(p,) distances between paired rows a[p] and b[p], by the same expression as `distance_block`."""
+    """(p,) distances between paired rows a[p] and b[p], by the same expression as `distance_block`.
+
+    The scale is applied to the p dot products, not to a copy of the rows: (-2a)·b = -2·(a·b) bit for bit."""
     xp = array_module(a)
     check_metric(metric)
+    dots = xp.einsum("ij,ij->i", a, b)  # (p,)
+    dots *= dots.dtype.type(-2 if metric == "sqeuclidean" else -1)
     if metric == "sqeuclidean":
-        dots = xp.einsum("ij,ij->i", a * a.dtype.type(-2), b)
         a_sq = squared_norms(a) if a_sq is None else a_sq
         b_sq = squared_norms(b) if b_sq is None else b_sq
         return (dots + a_sq) + b_sq
-    return xp.einsum("ij,ij->i", -a, b) + a.dtype.type(1)
+    return dots + a.dtype.type(1)

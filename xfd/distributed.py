@@ -18,6 +18,14 @@ def launched_as_ranks() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def rank_label() -> str:
+    """" (rank R of W)" for the messages of a process launched as ranks (each rank prints its own errors); "" in
+    a plain run."""
+    if not launched_as_ranks():
+        return ""
+    return f" (rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']})"
+
+
 def default_device() -> torch.device:
     """CUDA when present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

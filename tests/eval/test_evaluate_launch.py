@@ -1,7 +1,8 @@
 """launcher/evaluate.py as users run it, on a small synthetic shard set with the untrained tiny model:
-`deepspeed --num_gpus 2` on CPU (two gloo ranks, each extracting its own shards) gives exactly the features,
-metrics, intervals and submission CSV of a plain one-process `python launcher/evaluate.py`, its saved features
-re-scored through xfd-eval's path give the same numbers (one API), and the report files are sane. One launch of each (~30-60 s together on 2 cores), shared by the tests."""
+`deepspeed --num_gpus 2` on CPU (two gloo ranks, each extracting its own shards and re-ranking its share) gives
+exactly the features, metrics, intervals and submission CSV of a plain one-process `python launcher/evaluate.py`,
+both ranks report their re-ranking seconds, its saved features re-scored through xfd-eval's path give the same
+numbers (one API), and the report files are sane. One launch of each (~30-60 s together on 2 cores), shared by the tests."""
 
 from __future__ import annotations
 
@@ -84,6 +85,21 @@ def test_two_ranks_give_exactly_the_features_metrics_and_csv_of_one_process(runs
     assert [r["rank"] for r in per_rank] == [0, 1] and all(r["tracklets"] > 0 for r in per_rank)
     assert sum(r["tracklets"] for r in per_rank) == 2 * QUERIES * len(PROTOCOLS) == first["extraction"]["tracklets"]
     assert second["settings"]["world_size"] == 2 and first["settings"]["world_size"] == 1
+
+
+def test_every_rank_reranks_and_reports_its_seconds(runs):
+    for run, world in ((runs["one"], 1), (runs["two"], 2)):
+        seconds = _report(run)["seconds"]
+        each, steps = seconds["reranking_per_rank"], seconds["reranking_steps_per_rank"]
+        assert len(each) == len(steps) == world and all(s > 0 for s in each) and seconds["reranking"] == max(each)
+        for rank_steps in steps:  # every rank did its share of every step
+            assert set(rank_steps) == {"graph", "lists", "R* and V", "query expansion", "blend"}
+            assert rank_steps["graph"] > 0
+        assert steps[0]["blend"] > 0  # 8 queries: one query block, rank 0's
+    two = runs["two"]
+    shown = " / ".join(f"{s:.3f}" for s in _report(two)["seconds"]["reranking_per_rank"])
+    assert f"(ranks: {shown})" in _report(two)["timing"] and _report(two)["timing"] in two.text  # printed
+    assert two.text.count("## With exact k-reciprocal re-ranking") == 1  # rank 0 alone printed the tables
 
 
 def test_saved_features_rescore_to_the_reported_metrics(runs):

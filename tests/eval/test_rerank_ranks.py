@@ -1,5 +1,6 @@
 """Exact re-ranking and metrics across ranks (torch.distributed, gloo on CPU): 1, 2 and 3 ranks give the same
-distances bit for bit in float64 and identical metrics; a rank that dies or stalls is named with the step; ranks
+distances bit for bit in float64, and the evaluation API (`score(..., team=RankTeam())`) gives every rank the
+results of one process, plain and re-ranked, identically; a rank that dies or stalls is named with the step; ranks
 given different inputs are refused before any work; a bad input or a memory refusal on one rank stops all.
 
 Each test spawns small worker processes (spawn start method, a free port) that write what they got to files.
@@ -50,8 +51,8 @@ def _rank_main(rank: int, world: int, port: int, folder: str, scenario: str, tim
     import torch.distributed as dist
 
     from xfd.eval.rerank import RerankParams, k_reciprocal_stream
-    from xfd.eval.rerank_score import score_reranked
     from xfd.eval.rerank_team import RankTeam
+    from xfd.eval.score import EvalTimes, ScoreOptions, score
 
     outcome: dict = {}
     try:
@@ -81,8 +82,11 @@ def _rank_main(rank: int, world: int, port: int, folder: str, scenario: str, tim
             kwargs["memory_limit"] = 1 << 20
         blocks = {int(i[0]): b for i, b in k_reciprocal_stream(data.q_feats, data.g_feats, params.k1, params.k2,
                                                                params.lam, team=team, **kwargs)}
-        metrics, seconds = score_reranked(data, params, team, **kwargs)
-        outcome = {"blocks": blocks, "metrics": metrics.to_dict(), "seconds": seconds}
+        times = EvalTimes()
+        results = {rerank is not None: score([data], ScoreOptions(rerank, device="cpu", block_rows=7), team=team,
+                                             times=times) for rerank in (None, params)}
+        outcome = {"blocks": blocks, "results": {reranked: _comparable(r) for reranked, r in results.items()},
+                   "seconds": team.gather_objects(times.steps.steps)}
     except BaseException as error:  # noqa: BLE001 - the test reads it
         outcome = {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()}
     with open(Path(folder) / f"{rank}.pkl", "wb") as handle:
@@ -113,16 +117,31 @@ def _run_ranks(tmp_path, world: int, scenario: str = "", timeout_s: float = 20.0
     return outcomes
 
 
+def _comparable(results) -> dict:
+    """Everything score() found for the protocol, as plain values to compare with ==."""
+    (protocol,) = results.protocols.values()
+    queries = protocol.queries
+    return {"metrics": protocol.metrics.to_dict(), "intervals": protocol.intervals, "mean": results.mean,
+            "pooled": results.pooled, "conditions": results.conditions, "warnings": results.warnings,
+            "per_query": [getattr(queries, key).tolist() for key in ("ap", "inp", "first_match", "top", "seen")],
+            "matches": [(rows.tolist(), ranks.tolist())
+                        for rows, ranks in zip(queries.match_rows, queries.match_ranks)]}
+
+
 def _single_process():
+    from xfd.eval.rerank import RerankParams
+    from xfd.eval.score import ScoreOptions, score
+
     data = _data()
     dist = k_reciprocal(data.q_feats, data.g_feats, 20, 6, 0.3, device="cpu", block_rows=7, workers=2)
-    metrics = evaluate_distances(dist, data.q_pids, data.q_camids, data.g_pids, data.g_camids)
-    return dist, metrics.to_dict()
+    results = {rerank is not None: _comparable(score([data], ScoreOptions(rerank, device="cpu", block_rows=7)))
+               for rerank in (None, RerankParams(20, 6, 0.3))}
+    return dist, results
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_one_two_and_three_ranks_give_the_same_bits_and_metrics(tmp_path, world):
-    expected, metrics = _single_process()
+    expected, results = _single_process()
     outcomes = _run_ranks(tmp_path, world)
     assert all("error" not in o for o in outcomes), [o.get("trace") for o in outcomes if "error" in o]
     got = np.full_like(expected, np.nan)
@@ -133,8 +152,11 @@ def test_one_two_and_three_ranks_give_the_same_bits_and_metrics(tmp_path, world)
             got[start : start + block.shape[0]] = block
     assert got.dtype == np.float64
     np.testing.assert_array_equal(got, expected)  # to the last bit
+    metrics = evaluate_distances(expected, *(getattr(_data(), k) for k in ("q_pids", "q_camids", "g_pids",
+                                                                           "g_camids")))
+    assert results[True]["metrics"] == metrics.to_dict()
     for outcome in outcomes:
-        assert outcome["metrics"] == metrics  # identical on every rank, and to one process's
+        assert outcome["results"] == results  # plain and re-ranked: identical on every rank, and to one process's
         assert len(outcome["seconds"]) == world and all(s["graph"] > 0 for s in outcome["seconds"])
 
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from xfd.eval.distance import distance_stream
-from xfd.eval.metrics import QueryScores
+from xfd.eval.metrics import QueryScores, RankingAccumulator
 from xfd.eval.model_report import timing_line
 from xfd.eval.protocol import ProtocolData
 from xfd.eval.report import Evaluation, ReportFiles, markdown_report, protocol_table, write_summaries
 from xfd.eval.rerank import RerankParams
-from xfd.eval.score import EvalTimes, ScoreOptions, local_blocks, score
+from xfd.eval.score import EvalTimes, ScoreOptions, score
 
 
 def _protocol(make_features, name="A2G", q=12, g=30, seed=0) -> ProtocolData:
@@ -33,8 +33,11 @@ def test_times_add_up_per_part_and_leave_the_metrics_alone(make_features):
     assert timed.metrics.to_dict() == whole.metrics.to_dict()
     assert times.ranking > 0 and times.metrics > 0 and times.statistics > 0
     before = times.ranking
+    assert times.steps.steps == {}  # plain distances: no re-ranking steps
     reranked = score([data], ScoreOptions(rerank=RerankParams(5, 3, 0.3), device="cpu"), times=times)
     assert times.ranking > before and reranked.protocols["A2G"].num_queries == 12  # times accumulate over calls
+    assert set(times.steps.steps) == {"graph", "lists", "R* and V", "query expansion", "blend"}
+    assert times.steps.total <= times.ranking - before
     assert reranked.ranking == "reranked" and timed.queries.top.shape == (12, 10)
 
 
@@ -101,31 +104,24 @@ def test_nothing_scored_gives_no_mean_and_says_so(make_features):
     assert "no protocol could be scored" in text and "nan" not in text.lower()
 
 
-def test_a_block_source_shared_out_between_ranks_merges_to_the_one_process_result(make_features):
+def test_query_scores_of_disjoint_blocks_merge_to_the_one_process_result(make_features):
+    """What score(team=...) gathers from its ranks (the real ranks: tests/eval/test_rerank_ranks.py)."""
     data = _protocol(make_features, q=23, g=41, seed=4)
-    parts: list[QueryScores] = []
-
-    def half(rank):  # "rank" r gets every other block of 4 query rows
-        def blocks(protocol, options):
-            for indices, block in distance_stream(protocol.q_feats, protocol.g_feats, device="cpu", block_rows=4):
-                if indices[0] // 4 % 2 == rank:
-                    yield indices, block
-        return blocks
-
-    def keep(name, part):
-        parts.append(part)
-        return part
-
-    for rank in (0, 1):  # each "rank" scores its share; the merge is what a gather over ranks would do
+    parts = []
+    for rank in (0, 1):  # "rank" r gets every other block of 4 query rows
+        accumulator = RankingAccumulator(data.q_pids, data.q_camids, data.g_pids, data.g_camids, top=10)
+        for indices, block in distance_stream(data.q_feats, data.g_feats, device="cpu", block_rows=4):
+            if indices[0] // 4 % 2 == rank:
+                accumulator.update(indices, block)
+        part = accumulator.queries()
         with pytest.raises(ValueError, match="never given distances"):
-            score([data], ScoreOptions(device="cpu"), blocks=half(rank), reduce=keep)
+            part.check_complete()
+        parts.append(part)
     merged = QueryScores.merge(parts)
-    one = score([data], ScoreOptions(device="cpu"), blocks=local_blocks).protocols["A2G"]
+    one = score([data], ScoreOptions(device="cpu")).protocols["A2G"]
     assert merged.metrics().to_dict() == one.metrics.to_dict()
     np.testing.assert_array_equal(merged.top, one.queries.top)
-    both = score([data], ScoreOptions(device="cpu"), blocks=lambda p, o: iter(()),
-                 reduce=lambda name, part: QueryScores.merge(parts)).protocols["A2G"]
-    assert both.metrics.to_dict() == one.metrics.to_dict() and both.intervals == one.intervals
+    np.testing.assert_array_equal(merged.ap, one.queries.ap)
     with pytest.raises(ValueError, match="scored in two parts"):
         QueryScores.merge(parts + parts[:1])
 

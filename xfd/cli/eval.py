@@ -5,10 +5,15 @@
     xfd-eval --protocol A2G=a.npz --protocol G2A=b.npz --protocol A2A=c.npz ...
     xfd-eval --check-submission submission.csv (--protocol NAME=PATH ... | --data SHARDS) [--csv-top 10]
     xfd-eval compare A.json B.json [--ranking final|plain|reranked] [--resamples 1000] [--seed 0]
+    torchrun --nproc_per_node N --no-python xfd-eval --protocol ... --rerank ...   # scoring shared over N ranks
 
 The npz format and the outputs are documented in README.md ("Evaluation (xfd-eval)"). All logic lives in xfd.eval
 (one API: `xfd.eval.score`; one report writer: `xfd.eval.report`); this file only parses arguments and prints.
-Exit status: 0 done (or a valid submission), 1 an invalid submission, 2 bad input or options.
+Launched as ranks (`torchrun`, `deepspeed`), every rank reads the same features files and takes its share of the
+distances, the re-ranking and the metrics (the process group starts as in launcher/evaluate.py); the results are
+those of one process, and rank 0 alone prints and writes the outputs.
+Exit status: 0 done (or a valid submission), 1 an invalid submission, 2 bad input or options (ranks given
+different features or parameters included), 3 another rank failed, died or stalled (the message names it).
 """
 
 from __future__ import annotations
@@ -16,14 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+from xfd.distributed import launched_as_ranks, rank_label
 from xfd.eval.bootstrap import BootstrapOptions
 from xfd.eval.compare import RANKINGS, compare_sections, comparison_table, report_section
 from xfd.eval.metrics import AP_MODES, DEFAULT_MAX_RANK
 from xfd.eval.protocol import load_npz
 from xfd.eval.report import Evaluation, ReportFiles, markdown_report, write_outputs, write_summaries
 from xfd.eval.rerank import RerankParams
+from xfd.eval.rerank_team import RankFailure, RankTeam
 from xfd.eval.score import DEFAULT_TOP, ScoreOptions, score
 from xfd.eval.submission import SubmissionCase, check_submission, ordered_cases
 from xfd.kernels.backend import DEVICES
@@ -88,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.check_submission:
             return _check(args)
-        protocols = _load_protocols(args)
-        evaluation = _evaluate(protocols, args)
+        with _ranks() as team:
+            protocols = _load_protocols(args)
+            evaluation = _evaluate(protocols, args, team)
+        if team is not None and team.rank != 0:
+            return 0  # rank 0 prints and writes
         files = ReportFiles(json=_path(args.json), markdown=_path(args.markdown), per_query=_path(args.per_query),
                             submission=_path(args.csv), cmc=_path(args.plot or (_beside(args.json, "_cmc.png")
                                                                                 if args.json else None)),
@@ -97,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         written = write_outputs(files, evaluation, args.csv_top)
         payload = write_summaries(files, evaluation, title="xfd-eval", notes=written.warnings)
     except (ValueError, RuntimeError, OSError) as error:
-        print(f"xfd-eval: error: {error}", file=sys.stderr)
-        return 2
+        print(f"xfd-eval: error{rank_label()}: {error}", file=sys.stderr)
+        return 3 if isinstance(error, RankFailure) else 2
     print(markdown_report(evaluation, "xfd-eval", "", payload["warnings"]))
     for warning in payload["warnings"]:
         print(f"xfd-eval: warning: {warning}", file=sys.stderr)
@@ -158,13 +170,27 @@ def _load_protocols(args) -> list:
     return protocols
 
 
-def _evaluate(protocols: list, args) -> Evaluation:
+@contextmanager
+def _ranks() -> Iterator[RankTeam | None]:
+    """The ranks that share the scoring when launched as ranks (the process group started as launcher/evaluate.py
+    starts it, and closed on exit); None in a plain run."""
+    if not launched_as_ranks():
+        yield None
+        return
+    from xfd.cli.evaluate import evaluation_context  # DeepSpeed's start-up: only when launched as ranks
+
+    with evaluation_context(Path.cwd()) as ctx:
+        yield RankTeam() if ctx.world_size > 1 else None
+
+
+def _evaluate(protocols: list, args, team: RankTeam | None = None) -> Evaluation:
     options = ScoreOptions(
         rerank=RerankParams(args.k1, args.k2, args.lam) if args.rerank else None,
         device=args.device, normalize=args.normalize, ap_mode=args.ap, max_rank=args.max_rank,
         block_rows=args.block_rows, top=max(args.csv_top, DEFAULT_TOP),
-        bootstrap=BootstrapOptions(args.resamples, args.seed), progress=not args.no_progress)
-    results = score(protocols, options)
+        bootstrap=BootstrapOptions(args.resamples, args.seed),
+        progress=not args.no_progress and (team is None or team.rank == 0))
+    results = score(protocols, options, team=team)
     settings = {"features": {p.name: path for p, (_, path) in zip(protocols, _sources(args))},
                 "device": args.device, "normalize": args.normalize}
     return Evaluation({p.name: p for p in protocols}, {results.ranking: results}, settings)

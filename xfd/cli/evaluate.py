@@ -8,15 +8,18 @@ device or on every rank of a `deepspeed` launch.
 Every rank extracts its shards of each protocol's query and gallery splits (DALI in evaluation mode: evenly
 spaced L = data.num_frames frames a tracklet, or with --frames clips every frame in clips of L with the clips'
 features averaged; flip TTA per eval.flip_tta) and the parts are gathered, so N ranks give exactly the features
-of one process. Rank 0 then saves them (OUTPUT/features/<protocol>.npz, the xfd-eval format), scores them through
-the evaluation API (`xfd.eval.score`: distances on CuPy or NumPy, --distance-device; with --rerank also exact
-k-reciprocal re-ranking; metrics with bootstrap intervals; the mean and the pooled figures; per-condition rows)
-and writes report.json, table.md, per_query.npz, submission.csv, cmc.png, conditions.png and ranklist.png
-(xfd.eval.model_report), printing the tables and a one-line timing split. On an unlabelled split (identities
-unknown) it writes the features, rankings and submission and says that metrics are unavailable. The other ranks
-leave once the features are gathered: a barrier waiting for rank 0's evaluation could outlast the process group's
-timeout (DeepSpeed's default is 10 minutes) on a large gallery. `--checkpoint RUN` (a run folder) picks RUN/model.safetensors. `--local_rank`, which the
-launcher appends, is accepted (ranks come from the environment).
+of one process. Every rank then scores them through the evaluation API (`xfd.eval.score`, the work shared over
+the ranks: distances on CuPy or NumPy, --distance-device, each rank on its own GPU; with --rerank also exact
+k-reciprocal re-ranking; metrics with bootstrap intervals; the mean and the pooled figures; per-condition rows),
+identically to one process. Rank 0 alone saves the features (OUTPUT/features/<protocol>.npz, the xfd-eval
+format) and writes report.json, table.md, per_query.npz, submission.csv, cmc.png, conditions.png and ranklist.png
+(xfd.eval.model_report), printing the tables and a one-line timing split with each rank's re-ranking seconds; the
+other ranks leave once the scores are gathered. On an unlabelled split (identities unknown) it writes the
+features, rankings and submission and says that metrics are unavailable. The ranks' exchanges during scoring run
+over a gloo group of their own with its own timeout (`xfd.eval.rerank_team`): a rank that fails, dies or stalls
+ends the run on every rank with a message naming it and the step (exit status 3). `--checkpoint RUN` (a run
+folder) picks RUN/model.safetensors. `--local_rank`, which the launcher appends, is accepted (ranks come from the
+environment).
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ from typing import Iterator
 import torch
 
 from xfd.config import EVAL_FRAMES, load_config
-from xfd.distributed import default_device, gather_objects, launched_as_ranks
+from xfd.distributed import default_device, gather_objects, launched_as_ranks, rank_label
 from xfd.eval.bootstrap import BootstrapOptions
-from xfd.eval.model_report import FRAME_SAMPLING, ReportOptions, write_model_report
+from xfd.eval.model_report import FRAME_SAMPLING, ReportOptions, evaluate_protocols, write_model_report
 from xfd.eval.rerank import RerankParams
+from xfd.eval.rerank_team import RankFailure, RankTeam
 from xfd.eval.shard_protocols import extract_protocols, find_protocols
-from xfd.kernels.backend import DEVICES
+from xfd.kernels.backend import DEVICES, use_gpu
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,10 +85,11 @@ def evaluation_context(output: str | Path, device: str | None = None) -> Iterato
 
     Under the launcher (RANK / WORLD_SIZE in the environment) torch.distributed starts exactly as in training
     (`start_distributed`: NCCL on GPUs, gloo on CPU; no DeepSpeed engine, evaluation only needs the process group
-    for gathering features); its group is destroyed on exit. A plain run is a world of one without a process
-    group, on `device` (default CUDA when present). Both use training's CPU numerics (strict MKL reproducibility,
-    plain CPU kernels), so one process gives bit-identical features to N ranks; a plain run puts the previous
-    settings back.
+    for gathering features and sharing the scoring); each rank's CuPy work runs on its own GPU; the group is
+    destroyed on exit. A plain run is a world of one without a process group, on `device` (default CUDA when
+    present). Both use training's CPU numerics (strict MKL reproducibility, plain CPU kernels), so one process
+    gives bit-identical features to N ranks; a plain run puts the previous settings back. xfd-eval starts its
+    ranks here too.
     """
     from xfd.engine.context import RunContext, start_distributed, use_reproducible_cpu_numerics
 
@@ -93,6 +98,8 @@ def evaluation_context(output: str | Path, device: str | None = None) -> Iterato
             raise ValueError(f"--device {device}: under the deepspeed launcher each rank uses its local GPU (or "
                              "the CPU with DS_ACCELERATOR=cpu); leave --device out")
         context = start_distributed(output)
+        if context.cuda:
+            use_gpu(context.local_rank)
         try:
             yield context
         finally:
@@ -140,24 +147,29 @@ def evaluate(args) -> dict | None:
             num_threads=cfg.data.dali_threads, rank=ctx.rank, world_size=ctx.world_size, progress=ctx.is_main,
             clips=cfg.eval.frames == "clips")
         extracted = time.perf_counter()
+        del model  # its memory goes to the scoring (CuPy's, on a GPU)
+        if ctx.cuda:
+            torch.cuda.empty_cache()
         own, busy = extraction.rank_tracklets, extraction.rank_seconds
         per_rank = gather_objects({"rank": ctx.rank, "device": str(ctx.device), "tracklets": own, "seconds": busy,
                                    "tracklets_per_s": own / busy if busy else 0.0}, ctx.world_size)
+        settings = {"model": source, "data": str(args.data), "world_size": ctx.world_size,
+                    "flip_tta": cfg.eval.flip_tta, "num_frames": cfg.data.num_frames,
+                    "frame_sampling": FRAME_SAMPLING[cfg.eval.frames], "batch_size": cfg.eval.batch_size,
+                    "image_size": list(cfg.model.backbone.image_size)}
+        options = ReportOptions(rerank=RerankParams(args.k1, args.k2, args.lam) if args.rerank else None,
+                                device=args.distance_device, ranklist_queries=args.ranklist_queries,
+                                ranklist_seed=args.seed, csv_top=args.csv_top,
+                                bootstrap=BootstrapOptions(args.bootstrap_resamples, args.bootstrap_seed))
+        team = RankTeam() if ctx.world_size > 1 else None  # collective: the scoring's own gloo group
+        evaluation, scoring = evaluate_protocols(extraction.protocols, options, settings, team)
         if not ctx.is_main:
             return None
-        world = ctx.world_size
-    # Rank 0 alone from here: the process group is gone, so no timeout can cut the evaluation short.
-    settings = {"model": source, "data": str(args.data), "world_size": world, "flip_tta": cfg.eval.flip_tta,
-                "num_frames": cfg.data.num_frames, "frame_sampling": FRAME_SAMPLING[cfg.eval.frames],
-                "batch_size": cfg.eval.batch_size, "image_size": list(cfg.model.backbone.image_size)}
+    # Rank 0 alone from here (the scores are gathered; the process group is gone): the report files.
     folders = {p.name: (args.data / p.query, args.data / p.gallery) for p in find_protocols(args.data)}
-    options = ReportOptions(rerank=RerankParams(args.k1, args.k2, args.lam) if args.rerank else None,
-                            device=args.distance_device, ranklist_queries=args.ranklist_queries,
-                            ranklist_seed=args.seed, csv_top=args.csv_top,
-                            bootstrap=BootstrapOptions(args.bootstrap_resamples, args.bootstrap_seed))
-    seconds = {"startup": ready - started, "load_model": loaded - ready, "extraction": extracted - loaded}
-    payload = write_model_report(args.output, extraction.protocols, folders, options, settings, seconds, per_rank,
-                                 started)
+    seconds = {"startup": ready - started, "load_model": loaded - ready, "extraction": extracted - loaded,
+               **scoring}
+    payload = write_model_report(args.output, evaluation, folders, options, seconds, per_rank, started)
     print((args.output / "table.md").read_text(), flush=True)
     for warning in payload["warnings"]:
         print(f"launcher/evaluate.py: warning: {warning}", file=sys.stderr, flush=True)
@@ -176,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         evaluate(args)
     except (ValueError, OSError) as error:  # bad model file, config or data (DataError): named in the message
-        print(f"launcher/evaluate.py: error: {error}", file=sys.stderr)
+        print(f"launcher/evaluate.py: error{rank_label()}: {error}", file=sys.stderr)
         return 2
+    except RankFailure as error:  # another rank failed, died or stalled: named in the message
+        print(f"launcher/evaluate.py: error{rank_label()}: {error}", file=sys.stderr)
+        return 3
     return 0
 
 

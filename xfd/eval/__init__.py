@@ -7,8 +7,8 @@
                    the mean of the protocols and the pooled figures, per-condition rows, warnings, under one rule
                    for protocols that cannot be scored. Used by xfd-eval, launcher/evaluate.py and heldout.
 - distance, rerank: plain and re-ranked distances streamed as (query indices, block) pairs (docs/reranking.md),
-                   re-ranking on 1 or R ranks; rerank_team: the ranks' exchanges and failure checks; rerank_score:
-                   re-ranked metrics reduced over ranks; rerank_memory: the memory planner.
+                   re-ranking on 1 or R ranks; rerank_team: the ranks' exchanges and failure checks (score takes
+                   a team: one path for 1 and R ranks); rerank_memory: the memory planner.
 - metrics:         mAP / CMC / mINP and per-query values per block of queries, junk rule (docs/protocol.md).
 - bootstrap, compare, conditions: intervals over queries, paired comparisons, per-condition analysis.
 - report, figures, submission, ranklist(_rows), model_report: the one report writer and its files.

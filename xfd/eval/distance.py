@@ -1,7 +1,8 @@
 """Plain (not re-ranked) distances streamed as (query indices, distance block) pairs, the form the metrics consume.
 
 Blocks are sized so that a few (rows, gallery) arrays of that size fit a memory budget; on the GPU they can stay on
-the device (`to_host=False`).
+the device (`to_host=False`). Across the R ranks of a launch (`team`, `xfd.eval.rerank_team`) each rank computes
+every R-th block of the same grid, so the union over ranks is the one-process stream, bit for bit.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from typing import Iterator
 
 import numpy as np
 
+from xfd.eval.rerank_team import Solo, input_digest
+from xfd.eval.validate import check_feature_pair
 from xfd.kernels.backend import module_for_device, resolve_device, to_numpy
 from xfd.kernels.distance import PreparedRows, check_metric, distance_block, prepare_rows, squared_norms
-from xfd.eval.validate import check_feature_pair
 
 DistanceBlocks = Iterator[tuple[np.ndarray, object]]  # (query indices (b,), distances (b, g))
 
@@ -21,12 +23,21 @@ DEFAULT_BLOCK_BYTES = {"cpu": 256 << 20, "cuda": 4 << 30}
 
 
 def distance_stream(query, gallery, metric: str = "cosine", *, device: str = "auto", normalize: bool = False,
-                    block_rows: int | None = None, to_host: bool = True) -> DistanceBlocks:
-    """Distances (1 - cos by default, or "sqeuclidean") in blocks of query rows, in query order."""
-    q_feats, g_feats = check_feature_pair(query, gallery, normalize)
-    check_metric(metric)
-    device = resolve_device(device)
-    return _plain_blocks(q_feats, g_feats, metric, device, block_rows, to_host)
+                    block_rows: int | None = None, to_host: bool = True, team=None) -> DistanceBlocks:
+    """Distances (1 - cos by default, or "sqeuclidean") in blocks of query rows, in query order.
+
+    `team`: this process is one of R ranks; every rank must call with the same inputs (checked) and gets every
+    R-th block only."""
+    team = team or Solo()
+    with team.step("distances: input checks"):  # bad input on any rank stops every rank
+        q_feats, g_feats = check_feature_pair(query, gallery, normalize)
+        check_metric(metric)
+        device = resolve_device(device)
+        step = block_rows or rows_per_block(g_feats.shape[0], g_feats.dtype, device, arrays=1)
+    if team.world > 1:
+        settings = {"metric": metric, "device": device, "block_rows": step}
+        team.verify_same(input_digest(q_feats, g_feats, settings=settings), "features, dtypes or parameters")
+    return _plain_blocks(q_feats, g_feats, metric, device, step, to_host, team)
 
 
 def pairwise(query, gallery, metric: str = "cosine", *, device: str = "auto", normalize: bool = False) -> np.ndarray:
@@ -52,13 +63,12 @@ def assemble(blocks: DistanceBlocks, q: int, g: int) -> np.ndarray:
     return out
 
 
-def _plain_blocks(q_feats, g_feats, metric: str, device: str, block_rows, to_host: bool) -> DistanceBlocks:
+def _plain_blocks(q_feats, g_feats, metric: str, device: str, step: int, to_host: bool, team) -> DistanceBlocks:
     xp = module_for_device(device)
     query, gallery = xp.asarray(q_feats), xp.asarray(g_feats)
     prepared = prepare_rows(query, metric)
     gallery_sq = squared_norms(gallery)
-    step = block_rows or rows_per_block(gallery.shape[0], gallery.dtype, device, arrays=1)
-    for start in range(0, query.shape[0], step):
+    for start in list(range(0, query.shape[0], step))[team.rank :: team.world]:
         stop = min(start + step, query.shape[0])
         rows = PreparedRows(prepared.scaled[start:stop], prepared.sq_norms[start:stop])
         dist = distance_block(rows, gallery, gallery_sq, metric)  # (b, g)

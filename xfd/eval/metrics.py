@@ -310,23 +310,6 @@ class RankingAccumulator:
         return QueryScores(self._ap.copy(), self._inp.copy(), self._first_hit.copy(), self._top.copy(),
                            self._seen.copy(), tuple(self._match_rows), tuple(self._match_ranks))
 
-    def scored(self) -> dict:
-        """Per-query results of the queries this accumulator has seen (to combine accumulators that saw disjoint
-        queries, e.g. one per rank, with `absorb`): query indices, AP, INP and the rank of the first match."""
-        seen = np.flatnonzero(self._seen)
-        return {"queries": seen, "ap": self._ap[seen], "inp": self._inp[seen], "first_hit": self._first_hit[seen]}
-
-    def absorb(self, scored: dict) -> None:
-        """Take over another accumulator's `scored()` queries (none of them seen here): the result is then exactly
-        what one accumulator fed every block would give."""
-        queries = np.asarray(scored["queries"], dtype=np.int64)
-        if self._seen[queries].any():
-            raise ValueError("a query was given twice")
-        self._seen[queries] = True
-        self._ap[queries] = scored["ap"]
-        self._inp[queries] = scored["inp"]
-        self._first_hit[queries] = scored["first_hit"]
-
     def result(self) -> RankMetrics:
         if self.gallery is None:
             raise ValueError("an unlabelled protocol has no metrics (identities unknown)")

@@ -251,6 +251,7 @@ def _blend_blocks(index: RerankIndex, lam: float, step: int, to_host: bool, prog
                   device: str, times: RerankTimes) -> DistanceBlocks:
     q, g = index.query.scaled.shape[0], index.gallery.shape[0]
     starts = list(range(0, q, step))[team.rank :: team.world]
+    times.add("blend", 0.0)  # a rank may have no query block (fewer blocks than ranks)
 
     def block(start: int):
         stop = min(start + step, q)

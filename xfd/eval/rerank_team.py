@@ -1,12 +1,13 @@
-"""The ranks that share one exact re-ranking: what crosses between them, and how a failure ends the run.
+"""The ranks that share one evaluation (exact re-ranking and metrics, `xfd.eval.score`): what crosses between them,
+and how a failure ends the run.
 
 A team is either `Solo` (one process: every exchange is the identity) or `RankTeam` (R processes of a
-torch.distributed launch: `deepspeed`, `torchrun`; gloo on CPU, NCCL on GPUs). The re-ranking code calls the same
+torch.distributed launch: `deepspeed`, `torchrun`; gloo on CPU, NCCL on GPUs). The evaluation code calls the same
 methods on both, so one code path serves 1 and R ranks.
 
-RankTeam exchanges only O(N·k) host arrays — partial neighbour lists, column maxima, rank lists and V rows — over a
-gloo group of its own, even under NCCL: gloo takes a timeout per group, so a collective never waits forever, and
-host arrays need no device copies.
+RankTeam exchanges only O(N·k) host arrays — partial neighbour lists, column maxima, rank lists and V rows — and
+the per-query scores, over a gloo group of its own, even under NCCL: gloo takes a timeout per group, so a
+collective never waits forever, and host arrays need no device copies.
 
 Every step of the work ends with a check-in (`step`): each rank tells every other that it finished the step, and
 whether it failed. A rank that died or did not arrive within the timeout is named, with the step, in the error every
@@ -27,7 +28,7 @@ DEFAULT_TIMEOUT_S = 1800.0  # as long as torch.distributed's own default: steps 
 
 
 class RankFailure(RuntimeError):
-    """Another rank died, timed out or failed during a step of distributed re-ranking."""
+    """Another rank died, timed out or failed during a step of a distributed evaluation."""
 
 
 class Solo:
@@ -97,7 +98,7 @@ class RankTeam:
             rank, kind, text = messages[0]
             if kind == "ValueError":  # bad input seen by one rank: the same message everywhere
                 raise ValueError(text)
-            raise RankFailure(f"distributed re-ranking, step '{name}': rank {rank} failed: {kind}: {text}")
+            raise RankFailure(f"distributed evaluation, step '{name}': rank {rank} failed: {kind}: {text}")
 
     def _check_in(self, name: str, failure: BaseException | None) -> list[tuple[int, str, str]]:
         """Exchange a status token with every other rank (each wait bounded by the timeout); then, if any rank
@@ -115,7 +116,7 @@ class RankTeam:
                 sends.append(dist.isend(status, peer, group=self.group))
                 recvs[r] = dist.irecv(received[r], peer, group=self.group)
         except RuntimeError as error:
-            raise RankFailure(f"distributed re-ranking, step '{name}': rank {self.rank} could not reach the other "
+            raise RankFailure(f"distributed evaluation, step '{name}': rank {self.rank} could not reach the other "
                               f"ranks ({error})") from error
         missing = []
         for r, work in recvs.items():
@@ -126,7 +127,7 @@ class RankTeam:
         if missing:
             names = ", ".join(map(str, missing))
             raise RankFailure(
-                f"distributed re-ranking, step '{name}': rank(s) {names} did not finish the step within "
+                f"distributed evaluation, step '{name}': rank(s) {names} did not finish the step within "
                 f"{self.timeout_s:g} s (died, stuck or out of memory); rank {self.rank} stops too")
         for work in sends:
             try:
@@ -148,9 +149,10 @@ class RankTeam:
         for rank, value in enumerate(digests):
             groups.setdefault(value, []).append(rank)
         if len(groups) > 1:
-            parts = "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} hold one version"
-                              for ranks in groups.values())
-            raise ValueError(f"distributed re-ranking: the ranks were given different {description} ({parts}); "
+            parts = "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} "
+                              f"hold{'' if len(ranks) > 1 else 's'} {'one version' if i == 0 else 'another'}"
+                              for i, ranks in enumerate(groups.values()))
+            raise ValueError(f"distributed evaluation: the ranks were given different {description} ({parts}); "
                              "every rank must hold the same query and gallery features, dtype and parameters")
 
     # --- data exchange (only after a successful check-in) ------------------------------------------------------
@@ -210,7 +212,7 @@ class RankTeam:
         try:
             call()
         except RuntimeError as error:
-            raise RankFailure(f"distributed re-ranking, step '{self._step}': a collective failed on rank "
+            raise RankFailure(f"distributed evaluation, step '{self._step}': a collective failed on rank "
                               f"{self.rank}; another rank died or timed out ({error})") from error
 
 

@@ -12,18 +12,19 @@ unknown), or no query with a valid match: it stays in the results with `metrics 
 named in a warning and is left out of the mean and the pooled figures. Nothing is NaN and nothing is dropped
 silently. An unlabelled protocol is still ranked, so its submission rows exist.
 
-The seam for other ways of making distances (e.g. re-ranking shared out over ranks): `score(..., blocks=SOURCE,
-reduce=REDUCE)`. SOURCE(protocol, options) yields (query indices (b,), (b, G) host distances) for every query or for
-this process's share of them; REDUCE(protocol name, QueryScores of the queries this process saw) returns the
-QueryScores of all queries (e.g. `QueryScores.merge` over `xfd.distributed.gather_objects`). The default is
-`local_blocks` and no reduction.
+One path for one process and for the R ranks of a `deepspeed` / `torchrun` launch: `score(..., team=RankTeam())`
+(`xfd.eval.rerank_team`) on every rank, with the same protocols and options. Each rank then makes its share of every
+protocol's distance blocks (plain: every R-th block; re-ranked: its share of the graph, the sparse steps and the
+blend, `xfd.eval.rerank`) and scores them; the per-query values are gathered and merged exactly
+(`QueryScores.merge`), so every rank returns what one process would, to the last bit. A rank that fails, dies or
+stalls ends the call on every rank with a message naming it and the step.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 from tqdm import tqdm
@@ -33,8 +34,8 @@ from xfd.eval.conditions import ConditionRow, condition_rows
 from xfd.eval.distance import distance_stream
 from xfd.eval.metrics import DEFAULT_MAX_RANK, QueryScores, RankingAccumulator, RankMetrics
 from xfd.eval.protocol import ProtocolData
-from xfd.eval.rerank import RerankParams, k_reciprocal_stream
-from xfd.eval.validate import check_feature_pair
+from xfd.eval.rerank import RerankParams, RerankTimes, k_reciprocal_stream
+from xfd.eval.rerank_team import Solo
 
 PLAIN, RERANKED = "plain", "reranked"
 SUMMARY_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
@@ -68,18 +69,16 @@ class ScoreOptions:
         return PLAIN if self.rerank is None else RERANKED
 
 
-BlockSource = Callable[[ProtocolData, ScoreOptions], Iterable[tuple[np.ndarray, np.ndarray]]]
-QueryReduce = Callable[[str, QueryScores], QueryScores]
-
-
 @dataclass
 class EvalTimes:
-    """Seconds spent, summed over calls: making distance blocks (plain distances, or k-reciprocal re-ranking
-    including its index build), scoring them (metrics), and the statistics (bootstrap, per-condition)."""
+    """This process's seconds, summed over calls: making distance blocks (plain distances, or k-reciprocal
+    re-ranking including its index build, `steps` splitting the latter by step), scoring them (metrics, with the
+    exchange between ranks), and the statistics (bootstrap, per-condition)."""
 
     ranking: float = 0.0
     metrics: float = 0.0
     statistics: float = 0.0
+    steps: RerankTimes = field(default_factory=RerankTimes)
 
 
 @dataclass(frozen=True)
@@ -133,23 +132,27 @@ class Results:
         return {name: p for name, p in self.protocols.items() if p.scored}
 
 
-def local_blocks(data: ProtocolData, options: ScoreOptions) -> DistanceBlocks:
-    """Every query's distances in this process: 1 − cos, or exact k-reciprocal re-ranking (`options.rerank`)."""
-    q_feats, g_feats = check_feature_pair(data.q_feats, data.g_feats, options.normalize)
+def local_blocks(data: ProtocolData, options: ScoreOptions, team=None,
+                 steps: RerankTimes | None = None) -> DistanceBlocks:
+    """This process's distance blocks of a protocol: 1 − cos, or exact k-reciprocal re-ranking (`options.rerank`);
+    every query's, or with a `team` of R ranks this rank's share (`steps`: its re-ranking seconds per step)."""
     if options.rerank is None:
-        return distance_stream(q_feats, g_feats, "cosine", device=options.device, block_rows=options.block_rows)
+        return distance_stream(data.q_feats, data.g_feats, "cosine", device=options.device,
+                               normalize=options.normalize, block_rows=options.block_rows, team=team)
     r = options.rerank
-    return k_reciprocal_stream(q_feats, g_feats, r.k1, r.k2, r.lam, device=options.device,
-                               block_rows=options.block_rows, progress=options.progress)
+    return k_reciprocal_stream(data.q_feats, data.g_feats, r.k1, r.k2, r.lam, device=options.device,
+                               normalize=options.normalize, block_rows=options.block_rows,
+                               progress=options.progress, team=team, times=steps)
 
 
 def score(protocols: Mapping[str, ProtocolData] | Iterable[ProtocolData], options: ScoreOptions = ScoreOptions(), *,
-          blocks: BlockSource = local_blocks, reduce: QueryReduce | None = None,
-          times: EvalTimes | None = None) -> Results:
-    """Score every protocol (module docstring); `times` adds up the seconds of each part."""
+          team=None, times: EvalTimes | None = None) -> Results:
+    """Score every protocol (module docstring); `team`: the ranks that share the work (collective: every rank calls
+    with the same arguments), default this process alone; `times` adds up this process's seconds of each part."""
     protocols = dict(protocols) if isinstance(protocols, Mapping) else {p.name: p for p in protocols}
+    team = team or Solo()
     times = times if times is not None else EvalTimes()
-    outcomes = {name: _score_protocol(data, options, blocks, reduce, times) for name, data in protocols.items()}
+    outcomes = {name: _score_protocol(data, options, team, times) for name, data in protocols.items()}
 
     start = time.perf_counter()
     strata = {name: i for i, name in enumerate(protocols)}
@@ -169,8 +172,7 @@ def score(protocols: Mapping[str, ProtocolData] | Iterable[ProtocolData], option
     return Results(options.ranking, options, outcomes, mean, pooled, conditions, warnings)
 
 
-def _score_protocol(data: ProtocolData, options: ScoreOptions, blocks: BlockSource, reduce: QueryReduce | None,
-                    times: EvalTimes) -> ProtocolScore:
+def _score_protocol(data: ProtocolData, options: ScoreOptions, team, times: EvalTimes) -> ProtocolScore:
     q, g = data.num_queries, data.num_gallery
     if q == 0 or g == 0:
         return ProtocolScore(data.name, q, g, None, None,
@@ -181,9 +183,11 @@ def _score_protocol(data: ProtocolData, options: ScoreOptions, blocks: BlockSour
                                          options.ap_mode, options.top)
     else:
         accumulator = RankingAccumulator.unlabelled(q, g, options.top)
-    stream = blocks(data, options)
+    stream = local_blocks(data, options, team, times.steps)
     times.ranking += time.perf_counter() - start
-    with tqdm(total=q, desc=f"{data.name}: queries", unit="query", disable=not options.progress, leave=False) as bar:
+    share = q if team.world == 1 else None  # a rank's share of the queries is not known up front
+    with tqdm(total=share, desc=f"{data.name}: queries", unit="query", disable=not options.progress,
+              leave=False) as bar, team.step(f"{data.name}: {options.ranking} blocks and metrics"):
         for indices, block in _timed(stream, times):
             start = time.perf_counter()
             accumulator.update(indices, block)
@@ -191,8 +195,8 @@ def _score_protocol(data: ProtocolData, options: ScoreOptions, blocks: BlockSour
             bar.update(len(indices))
     start = time.perf_counter()
     scores = accumulator.queries()
-    if reduce is not None:
-        scores = reduce(data.name, scores)
+    if team.world > 1:  # every rank's queries, merged exactly
+        scores = QueryScores.merge(team.gather_objects(scores))
     scores.check_complete(data.name)
     metrics, reason = None, None
     if not data.labelled:
