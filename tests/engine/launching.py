@@ -24,16 +24,17 @@ REPO = Path(__file__).resolve().parents[2]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 LAUNCH_TIMEOUT_S = 400
 
-# Train split: 12 identities x 4 tracklets (48). Stage 1 (batch 8 x 2 ranks): 3 steps an epoch; stage 2 (P=2,
-# K=4 a rank, 4 identities a step): 3 steps an epoch. 2 + 4 epochs = 6 + 12 = 18 optimizer steps. A checkpoint
-# every 2 steps puts stage 2's first one (global step 8) inside an epoch (epoch 0, after its 2nd step), so a
-# resume from it continues mid-epoch (sampler position, augmentation draws, RNG).
+# Train split: 12 identities x 4 tracklets (48). Stage 1 (global batch 16, 8 a rank): 48 / 16 = 3 steps an epoch;
+# stage 2 (global batch 16 = P 4 x K 4, 8 a rank): 48 / 16 = 3 steps an epoch. 2 + 4 epochs = 6 + 12 = 18
+# optimizer steps. A checkpoint every 2 steps puts stage 2's first one (global step 8) inside an epoch (epoch 0,
+# after its 2nd step), so a resume from it continues mid-epoch (sampler position, augmentation draws, RNG).
 RESUME_OVERRIDES = [
-    "train.stage1.epochs=2", "train.stage1.batch_size=8",
-    "train.stage2.epochs=4", "train.identities=2", "train.instances=4",
+    "train.stage1.epochs=2", "train.stage1.batch_size=16",
+    "train.stage2.epochs=4", "train.stage2.batch_size=16", "train.instances=4",
     "train.log_every=1", "train.checkpoint_every=2", "train.validate_every=2", "train.keep_checkpoints=2",
 ]
 RESUME_TOTAL_STEPS = 18
+# Stage 1: 48 tracklets / 64 -> 1 step; stage 2: 48 / 32 (P 8 x K 4) -> 2 steps.
 SHORT_OVERRIDES = ["train.stage1.epochs=1", "train.stage2.epochs=1", "train.validate_every=1"]
 
 

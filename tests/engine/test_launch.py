@@ -95,8 +95,12 @@ def test_documented_command_zero2_both_stages(zero2_run):
     assert len(launches) == 1 and launches[0]["world_size"] == 2 and launches[0]["device"] == "cpu"
     assert "--deepspeed" in launches[0]["command"] and launches[0]["resumed_from"] is None
     resolved = launches[0]["deepspeed_config_resolved"]
-    assert resolved["zero_optimization"]["stage"] == 2 and resolved["bf16"]["enabled"] is False
-    assert resolved["train_batch_size"] == 2 * 4 * 2  # P=2 x K=4 x 2 ranks
+    for stage in ("stage1", "stage2"):
+        assert resolved[stage]["zero_optimization"]["stage"] == 2 and resolved[stage]["bf16"]["enabled"] is False
+        assert resolved[stage]["train_batch_size"] == 16 and resolved[stage]["train_micro_batch_size_per_gpu"] == 8
+        assert launches[0]["batches"][stage] == {"global_batch": 16, "micro_batch": 8, "accumulation": 1,
+                                                 "world_size": 2, "lr": pytest.approx(
+                                                     {"stage1": 3.5e-3, "stage2": 1e-3}[stage])}
     assert "model:" in (out / "config.yaml").read_text()
     assert any((out / "monitor").rglob("*.csv")), "DeepSpeed's CSV monitor wrote nothing"
     # DeepSpeed's CPU all-reduce segments (69 MB a rank in /dev/shm, i.e. RAM) do not outlive the run
@@ -107,11 +111,11 @@ def test_documented_command_zero2_both_stages(zero2_run):
 def test_ds_config_short_run(ds_config, shards, runs_dir):
     out = runs_dir / ds_config.removesuffix(".json")
     run = launch(ds_config, shards, out, SHORT_OVERRIDES).check()
-    # stage 1: 48 tracklets / (32 x 2 ranks) -> 1 step; stage 2: 12 identities / (4 x 2 ranks) -> 2 steps
+    # stage 1: 48 tracklets / 64 -> 1 step; stage 2: 48 tracklets / 32 -> 2 steps
     rows = check_run_folder(run, global_steps=3)
     assert any(r["name"] == "val/mAP" for r in rows), "validation did not run"
     assert (out / "best.safetensors").is_file()
     check_trained_model(out / "model.safetensors")
     launches = json.loads((out / "run.json").read_text())["launches"]
     stage = {"zero1.json": 1, "zero3.json": 3, "zero2_offload.json": 2}[ds_config]
-    assert launches[0]["deepspeed_config_resolved"]["zero_optimization"]["stage"] == stage
+    assert launches[0]["deepspeed_config_resolved"]["stage2"]["zero_optimization"]["stage"] == stage
