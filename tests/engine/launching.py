@@ -41,13 +41,14 @@ SHORT_OVERRIDES = ["train.stage1.epochs=1", "train.stage2.epochs=1", "train.vali
 def launch_env() -> dict:
     env = dict(os.environ)
     env["DS_ACCELERATOR"] = "cpu"
-    env["TORCH_EXTENSIONS_DIR"] = str(Path.home() / ".cache" / "xfd" / "torch_extensions")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "xfd" / "torch_extensions"))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
 
-def train_command(ds_config: str, data: Path, output: Path, overrides: list[str], resume: bool = False) -> list[str]:
-    return [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "launcher/train.py",
+def train_command(ds_config: str, data: Path, output: Path, overrides: list[str], resume: bool = False,
+                  ranks: int = 2) -> list[str]:
+    return [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port()), "launcher/train.py",
             "--deepspeed", f"ds_configs/{ds_config}", "--config", "tiny.yaml", "--data", str(data),
             "--output", str(output), *(["--resume"] if resume else []), *overrides]
 
@@ -86,10 +87,10 @@ def _log_path(output: Path) -> Path:
 
 
 def launch(ds_config: str, data: Path, output: Path, overrides: list[str], resume: bool = False,
-           kill_when=None) -> Launch:
+           kill_when=None, ranks: int = 2) -> Launch:
     """Run a training launch in its own process group, output to a log file beside the run folder. With
     `kill_when`, SIGKILL the whole group as soon as `kill_when(output)` is true (returncode None: killed)."""
-    return run_launch(train_command(ds_config, data, output, overrides, resume), output, kill_when)
+    return run_launch(train_command(ds_config, data, output, overrides, resume, ranks), output, kill_when)
 
 
 def run_launch(command: list[str], output: Path, kill_when=None) -> Launch:
