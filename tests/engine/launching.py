@@ -47,9 +47,9 @@ def launch_env() -> dict:
 
 
 def train_command(ds_config: str, data: Path, output: Path, overrides: list[str], resume: bool = False,
-                  ranks: int = 2) -> list[str]:
+                  ranks: int = 2, config: str = "tiny.yaml") -> list[str]:
     return [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port()), "launcher/train.py",
-            "--deepspeed", f"ds_configs/{ds_config}", "--config", "tiny.yaml", "--data", str(data),
+            "--deepspeed", f"ds_configs/{ds_config}", "--config", config, "--data", str(data),
             "--output", str(output), *(["--resume"] if resume else []), *overrides]
 
 
@@ -87,10 +87,10 @@ def _log_path(output: Path) -> Path:
 
 
 def launch(ds_config: str, data: Path, output: Path, overrides: list[str], resume: bool = False,
-           kill_when=None, ranks: int = 2) -> Launch:
+           kill_when=None, ranks: int = 2, config: str = "tiny.yaml") -> Launch:
     """Run a training launch in its own process group, output to a log file beside the run folder. With
     `kill_when`, SIGKILL the whole group as soon as `kill_when(output)` is true (returncode None: killed)."""
-    return run_launch(train_command(ds_config, data, output, overrides, resume, ranks), output, kill_when)
+    return run_launch(train_command(ds_config, data, output, overrides, resume, ranks, config), output, kill_when)
 
 
 def run_launch(command: list[str], output: Path, kill_when=None) -> Launch:
