@@ -83,3 +83,21 @@ def test_top_level_must_be_a_mapping(tmp_path):
     path.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(path)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.identities=6", "train.stage2.batch_size (= P identities x K=train.instances"),
+    ("train.gradient_accumulation=2", "train.max_micro_batch"),
+    ("train.global_batch=48", "are the global batches"),
+])
+def test_retired_batch_keys_say_what_replaced_them(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config("xfd_vitl14.yaml", [override])
+    assert err.value.key == override.split("=")[0] and "removed" in str(err.value) and fragment in str(err.value)
+
+
+def test_stage2_batch_is_p_times_k():
+    assert load_config("xfd_vitl14.yaml").train.identities == 6
+    with pytest.raises(ConfigError) as err:
+        load_config("xfd_vitl14.yaml", ["train.stage2.batch_size=26"])
+    assert err.value.key == "train.stage2.batch_size" and "not a multiple of instances (K=4)" in str(err.value)

@@ -32,6 +32,7 @@ RESUME_OVERRIDES = [
     "train.stage1.epochs=2", "train.stage1.batch_size=16",
     "train.stage2.epochs=4", "train.stage2.batch_size=16", "train.instances=4",
     "train.log_every=1", "train.checkpoint_every=2", "train.validate_every=2", "train.keep_checkpoints=2",
+    "train.stage2.weight_decay_bias=3e-4",  # a value of its own, to see it reach the optimizer
 ]
 RESUME_TOTAL_STEPS = 18
 # Stage 1: 48 tracklets / 64 -> 1 step; stage 2: 48 / 32 (P 8 x K 4) -> 2 steps.

@@ -88,6 +88,15 @@ def test_documented_command_zero2_both_stages(zero2_run):
     _, _, best_meta = load_trained_model(out / "best.safetensors")
     assert "validation" in best_meta
 
+    # the weight decays reach the optimizer: biases and other no-decay parameters at stage2.weight_decay_bias
+    from xfd.engine.checkpoint import safe_checkpoint_engine
+
+    optim = safe_checkpoint_engine().load(str(next((out / CHECKPOINTS / latest_tag(out)).glob("*optim_states.pt"))),
+                                          map_location="cpu")["optimizer_state_dict"]["base_optimizer_state"]
+    decays = {group["name"]: group["weight_decay"] for group in optim["param_groups"]}
+    assert decays == {"backbone/decay": 2.5e-4, "backbone/no_decay": 3e-4, "new/decay": 2.5e-4,
+                      "new/no_decay": 3e-4}, decays
+
     # keep_checkpoints=2: the two newest tags survive, `latest` is the final one
     tags = sorted(p.name for p in (out / CHECKPOINTS).iterdir() if p.is_dir())
     assert len(tags) == 2 and tags[-1] == latest_tag(out) == "s2-e0004-g0000018", tags

@@ -380,3 +380,16 @@ def test_ranks_on_this_node_read_from_either_launcher(monkeypatch):
     assert ranks_on_this_node(16) == 4
     monkeypatch.setenv("LOCAL_SIZE", "8")  # deepspeed's launcher, which does not set LOCAL_WORLD_SIZE
     assert ranks_on_this_node(16) == 8
+
+
+def test_run_refuses_a_world_that_cannot_share_either_stage_naming_the_sizes_that_share_both():
+    from xfd.engine.train import plan_batches
+
+    cfg = load_config("xfd_vitl14.yaml")
+    assert {n: p.micro for n, p in plan_batches(cfg, 4).items()} == {1: 12, 2: 6}
+    with pytest.raises(BatchSizeError) as err:
+        plan_batches(cfg, 16)  # divides 48 but not 24
+    message = str(err.value)
+    assert message.startswith("stage 2 (train.stage2.batch_size = P 6 x K 4): a global batch of 24 tracklets cannot "
+                              "be shared evenly by 16 ranks")
+    assert "World sizes that share both stages' batches (48 and 24): 1, 2, 3, 4, 6, 8, 12, 24" in message
