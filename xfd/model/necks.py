@@ -27,11 +27,12 @@ class Float32BatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d computed in float32 with float32 running statistics, whatever dtype the module is cast to."""
 
     def _apply(self, fn, recurse=True):
+        before = {name: getattr(self, name) for name in ("running_mean", "running_var")}
         super()._apply(fn, recurse)
-        for name in ("running_mean", "running_var"):  # a module-wide .to(bf16) leaves the statistics in float32
-            stat = getattr(self, name)
-            if stat is not None and stat.dtype != torch.float32:
-                setattr(self, name, stat.float())
+        for name, stat in before.items():  # a module-wide .to(bf16) moves the statistics but keeps them float32
+            after = getattr(self, name)
+            if after is not None and after.dtype != torch.float32:
+                setattr(self, name, stat.to(after.device))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
