@@ -33,6 +33,7 @@ from xfd.data.index import ShardIndex
 from xfd.data.loader import TrainLoader
 from xfd.data.pipeline import FramePipeline
 from xfd.data.pk import PKSampler
+from xfd.engine.batching import stage_batch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,8 +42,10 @@ def loader_seconds_per_batch(shards: Path, ranks: int, batches: int) -> float:
     """The baseline: rank 0's batches produced one after another with nothing to overlap."""
     cfg = load_config("tiny.yaml")
     index = ShardIndex.open(shards / "train")
-    sampler = PKSampler(index.labels_to_keys(), cfg.train.identities, cfg.train.instances, ranks, cfg.train.seed)
-    pipe = FramePipeline(cfg.train.micro_batch, cfg.data.num_frames, tuple(cfg.model.backbone.image_size),
+    plan = stage_batch(cfg.train, 2, ranks)
+    sampler = PKSampler(index.labels_to_keys(), cfg.train.identities, cfg.train.instances, ranks, cfg.train.seed,
+                        accumulation=plan.accumulation)
+    pipe = FramePipeline(plan.micro, cfg.data.num_frames, tuple(cfg.model.backbone.image_size),
                          cfg.data.augment, num_threads=cfg.data.dali_threads)
     loader = TrainLoader(index, sampler, pipe, rank=0, num_frames=cfg.data.num_frames, prefetch=1)
     done, started = 0, None
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in csv.DictReader(open(run / "scalars.csv")) if r["stage"] == "2"]
         speed = [float(r["value"]) for r in rows if r["name"] == "speed/tracklets_per_s"][1:]  # skip warm-up
         wait_pct = [float(r["value"]) for r in rows if r["name"] == "speed/data_wait_pct"][1:]
-        micro = load_config("tiny.yaml").train.micro_batch
+        micro = stage_batch(load_config("tiny.yaml").train, 2, args.ranks).micro
         step_s = micro / (sum(speed) / len(speed))
         wait_s = step_s * (sum(wait_pct) / len(wait_pct)) / 100
         torch.set_num_threads(1)

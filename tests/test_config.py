@@ -97,3 +97,21 @@ def test_a_repeated_section_or_key_is_refused_naming_it_and_both_lines(tmp_path)
         load_config(path)
     with pytest.raises(ConfigError, match="line 1 and line 1"):  # an override's value is YAML too
         load_config("tiny.yaml", ["model.temporal={pooling: mean, pooling: attention}"])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.identities=6", "train.stage2.batch_size (= P identities x K=train.instances"),
+    ("train.gradient_accumulation=2", "train.max_micro_batch"),
+    ("train.global_batch=48", "are the global batches"),
+])
+def test_retired_batch_keys_say_what_replaced_them(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config("xfd_vitl14.yaml", [override])
+    assert err.value.key == override.split("=")[0] and "removed" in str(err.value) and fragment in str(err.value)
+
+
+def test_stage2_batch_is_p_times_k():
+    assert load_config("xfd_vitl14.yaml").train.identities == 6
+    with pytest.raises(ConfigError) as err:
+        load_config("xfd_vitl14.yaml", ["train.stage2.batch_size=26"])
+    assert err.value.key == "train.stage2.batch_size" and "not a multiple of instances (K=4)" in str(err.value)

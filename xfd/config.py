@@ -193,6 +193,10 @@ class ModelConfig:
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    # An xfd model file (RUN/model.safetensors of an earlier run) to start from, as one starts from pretrained
+    # weights: every tensor whose name and shape fit is loaded over the freshly built model (after
+    # backbone.pretrained); the rest keep their initialisation, and training says which.
+    init_from: Optional[str] = None
 
     def __post_init__(self):
         _require(self.num_classes >= 1, "num_classes", f"must be >= 1, got {self.num_classes}")
@@ -252,36 +256,61 @@ class DataConfig:
 
 @dataclass
 class StageConfig:
-    """One stage of the CLIP-ReID schedule: Adam, linear warm-up from `warmup_factor`·LR, then cosine."""
+    """One stage of the CLIP-ReID schedule: Adam, linear warm-up from `warmup_factor`·LR, then cosine.
+
+    `batch_size` is the global batch: tracklets per optimizer step over all ranks together (paper 001: 48 in stage
+    1, 24 = P x K in stage 2). Each rank's micro-batch and the gradient accumulation are derived from it and the
+    world size (`train.max_micro_batch`), so a config means the same on 1 GPU and on 64. A different batch is an
+    explicit choice; `lr_scaling` then says how the LR follows it, relative to `reference_batch`."""
 
     epochs: int = 1
     lr: float = 1e-4
     weight_decay: float = 1e-4
+    # Decay of biases and the other no-decay parameters (1-D gains, token tables; xfd/model/finetune.py) — the
+    # paper's "weight decay (bias)". Stage 1 trains only the text context vectors, which are in that group.
+    weight_decay_bias: float = 1e-4
     warmup_epochs: float = 5.0
     warmup_factor: float = 0.1  # LR at step 0 = lr x warmup_factor
     min_lr_factor: float = 0.01  # LR at the end of the cosine = lr x min_lr_factor
-    # Stage 1 only: cached image features per rank per step (stage 2's micro-batch is P x K tracklets).
-    batch_size: int = 64
+    batch_size: int = 24  # global batch (tracklets per optimizer step, all ranks together)
+    # How `lr` follows a batch other than the one it was tuned for: none (lr as written), linear
+    # (lr x batch_size / reference_batch) or sqrt (lr x sqrt(batch_size / reference_batch)).
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    reference_batch: int = 0  # the batch `lr` was tuned for; required by linear/sqrt
 
     def __post_init__(self):
         _require(self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
         _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.weight_decay_bias >= 0, "weight_decay_bias", f"must be >= 0, got {self.weight_decay_bias}")
         _require(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
         _require(0 < self.warmup_factor <= 1, "warmup_factor", f"must lie in (0, 1], got {self.warmup_factor}")
         _require(0 <= self.min_lr_factor <= 1, "min_lr_factor", f"must lie in [0, 1], got {self.min_lr_factor}")
         _require(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
+        _require(self.reference_batch >= 0, "reference_batch", f"must be >= 0, got {self.reference_batch}")
+        _require(self.lr_scaling == "none" or self.reference_batch >= 1, "reference_batch",
+                 f"lr_scaling={self.lr_scaling} scales the LR by batch_size / reference_batch: set reference_batch "
+                 "to the batch the LR was tuned for")
+
+    @property
+    def scaled_lr(self) -> float:
+        """The base LR this stage trains with: `lr` scaled for `batch_size` by `lr_scaling`."""
+        if self.lr_scaling == "none":
+            return self.lr
+        ratio = self.batch_size / self.reference_batch
+        return self.lr * (ratio if self.lr_scaling == "linear" else ratio ** 0.5)
 
 
 @dataclass
 class LossConfig:
-    """Stage-2 loss weights (paper: 0.25 ID + 1.0 triplet + 1.0 i2tce) and the image-text similarity scale."""
+    """Stage-2 loss weights (paper 001 Eq. 1: 0.25 ID + 1.0 triplet + 1.0 i2t + 1.0 t2i, plus VSLA-CLIP's 1.0 i2tce)
+    and the image-text similarity scale."""
 
     id_weight: float = 0.25
     triplet_weight: float = 1.0
     i2tce_weight: float = 1.0
-    i2t_weight: float = 0.0  # optional stage-2 SupCon terms against the fixed text features
-    t2i_weight: float = 0.0
+    i2t_weight: float = 1.0  # SupCon image -> the batch's (fixed) text features
+    t2i_weight: float = 1.0  # SupCon text -> the batch's image features
     label_smoothing: float = 0.1
     triplet_margin: float = 0.3
     # Image-text logits = (normalised image . normalised text) / temperature, in both stages.
@@ -297,20 +326,23 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     """The two-stage schedule, batching, checkpointing and fault policy. Engine settings (ZeRO stage,
-    offload, communication) live in the DeepSpeed JSON; batch sizes, clipping and precision are set from here."""
+    offload, communication) live in the DeepSpeed JSON; batch sizes, clipping and precision are set from here.
+
+    Batches are global (`stage1.batch_size`, `stage2.batch_size`): every rank takes a consecutive slice of each
+    global batch, batch-level losses (triplet mining, SupCon) see the features of all ranks, and an epoch is one
+    pass over the training tracklets, whatever the number of ranks."""
 
     seed: int = 0
-    identities: int = 4  # P identities per micro-batch per rank
-    instances: int = 4  # K tracklets per identity; micro-batch = P x K
-    gradient_accumulation: int = 1
-    # Optional check: the global batch this run must have (micro x accumulation x world); 0 = no check.
-    global_batch: int = 0
+    instances: int = 4  # K tracklets per identity in stage 2's PK batches; P = stage2.batch_size / K
+    # Most tracklets a rank runs through the model in one forward pass (memory); 0 = no cap. When a rank's share
+    # of the global batch is larger, it is split into micro-batches whose gradients accumulate.
+    max_micro_batch: int = 0
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 on GPUs, fp32 on CPU
     stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=50, lr=3.5e-4, weight_decay=1e-4,
                                                                      warmup_epochs=5, batch_size=48))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=40, lr=1e-4, weight_decay=2.5e-4,
-                                                                     warmup_epochs=5))
+                                                                     warmup_epochs=5, batch_size=24))
     loss: LossConfig = field(default_factory=LossConfig)
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0 = only at epoch ends)
     keep_checkpoints: int = 2  # the last K checkpoints are kept
@@ -322,10 +354,11 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps in total (smoke tests); 0 = the full schedule
 
     def __post_init__(self):
-        for key in ("identities", "instances", "gradient_accumulation"):
-            _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        _require(self.identities * self.instances >= 2, "instances", "a micro-batch needs at least 2 tracklets")
-        _require(self.global_batch >= 0, "global_batch", f"must be >= 0, got {self.global_batch}")
+        _require(self.instances >= 1, "instances", f"must be >= 1, got {self.instances}")
+        _require(self.max_micro_batch >= 0, "max_micro_batch", f"must be >= 0, got {self.max_micro_batch}")
+        _require(self.stage2.batch_size % self.instances == 0, "stage2.batch_size",
+                 f"{self.stage2.batch_size} is not a multiple of instances (K={self.instances}): stage 2's batch "
+                 "is P identities x K tracklets")
         _require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         for key in ("checkpoint_every", "validate_every", "max_steps"):
@@ -333,9 +366,9 @@ class TrainConfig:
         _require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
 
     @property
-    def micro_batch(self) -> int:
-        """Tracklets per rank per forward pass in stage 2 (P x K)."""
-        return self.identities * self.instances
+    def identities(self) -> int:
+        """P: identities in each stage-2 global batch."""
+        return self.stage2.batch_size // self.instances
 
 
 EVAL_FRAMES = ("even", "clips")
@@ -370,6 +403,16 @@ class ExperimentConfig:
 # ---------------------------------------------------------------------------------------------------------------
 # loading, overrides, dumping
 # ---------------------------------------------------------------------------------------------------------------
+
+
+# Keys of earlier versions whose meaning changed: a config that still sets them is told what replaced them.
+RETIRED_KEYS = {
+    "train.identities": "removed: batches are global now; stage 2's batch is train.stage2.batch_size "
+                        "(= P identities x K=train.instances over all ranks together)",
+    "train.gradient_accumulation": "removed: accumulation follows from the global batch, the world size and "
+                                   "train.max_micro_batch",
+    "train.global_batch": "removed: train.stage1.batch_size and train.stage2.batch_size are the global batches",
+}
 
 
 def _type_name(tp: Any) -> str:
@@ -440,6 +483,8 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     unknown = [k for k in data if k not in names]
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        if where in RETIRED_KEYS:
+            raise ConfigError(where, RETIRED_KEYS[where])
         raise ConfigError(where, f"unknown key (known keys here: {names})")
     kwargs = {}
     for name in names:

@@ -25,7 +25,7 @@ from dataset_builders import write_detreidx
 P, K, L = 2, 2, 4
 SIZE = (32, 16)
 AUGMENT = AugmentConfig(pad=2)
-TRACKLETS_PER_ID = [1, 2, 3, 4, 2, 1, 3]  # 7 identities, P = 2 → 4 steps, the last filled
+TRACKLETS_PER_ID = [1, 2, 3, 4, 2, 1, 3]  # 7 identities, 10 chunks of K = 2, P = 2 → 5 steps an epoch
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def _break_frames(folder, key: str) -> None:
 def _planned_victim(folder) -> str:
     """A tracklet of epoch 0's plan (seed 0) whose identity has other tracklets to substitute."""
     sampler = _loader(folder).sampler
-    keys = [key for step in sampler.epoch_plan(0) for key in step[0]]
+    keys = [key for step in sampler.epoch_plan(0) for key in step]
     return next(key for key in keys[P * K:]
                 if any(len(group) > 1 and key in group for group in sampler.labels_to_keys.values()))
 
@@ -89,7 +89,7 @@ def full_pass(train_set):
 
 def test_shapes_dtypes_and_labels_match_the_metadata(full_pass):
     loader, batches = full_pass
-    assert len(batches) == loader.steps_per_epoch() == 4
+    assert len(batches) == loader.steps_per_epoch() == 5
     index = loader.index
     for batch in batches:
         assert batch.frames.shape == (P * K, L, 3, 32, 16) and batch.frames.dtype == torch.float32
@@ -103,7 +103,7 @@ def test_shapes_dtypes_and_labels_match_the_metadata(full_pass):
                                        for m in metas]
         assert batch.pids == [m["pid"] for m in metas] and batch.camids.tolist() == [m["camid"] for m in metas]
         assert batch.labels.view(P, K).eq(batch.labels.view(P, K)[:, :1]).all()  # K same-label in a row
-    assert loader.waits == 4 and loader.wait_seconds > 0  # the first batch, at least, is always waited for
+    assert loader.waits == 5 and loader.wait_seconds > 0  # the first batch, at least, is always waited for
 
 
 def test_two_loaders_give_identical_batches_and_epochs_differ(train_set, full_pass):
@@ -118,7 +118,7 @@ def test_two_loaders_give_identical_batches_and_epochs_differ(train_set, full_pa
 def test_start_step_resumes_to_the_same_batches(train_set, full_pass):
     _, expected = full_pass
     resumed = list(_loader(train_set, seed=4).batches(epoch=1, start_step=2))
-    assert len(resumed) == 2
+    assert len(resumed) == 3
     for a, b in zip(expected[2:], resumed):
         assert a.keys == b.keys and torch.equal(a.frames, b.frames) and torch.equal(a.labels, b.labels)
 
@@ -150,7 +150,7 @@ def test_skip_policy_substitutes_within_the_identity_and_counts(damaged_copy):
     victim = _planned_victim(damaged_copy)  # after the first step: the error comes from mid-epoch
     _break_frames(damaged_copy, victim)
     loader = _loader(damaged_copy, on_error="skip")
-    planned = sum(batch.count(victim) for step in loader.sampler.epoch_plan(0) for batch in step)
+    planned = sum(step.count(victim) for step in loader.sampler.epoch_plan(0))
     batches = list(loader.batches(epoch=0))
     assert planned >= 1 and len(loader.skips.skipped) == planned
     assert all(victim in record["item"] for record in loader.skips.skipped)
@@ -229,8 +229,8 @@ def test_each_local_rank_loader_thread_makes_its_gpu_current(train_set, monkeypa
 
     monkeypatch.setattr(torch.cuda, "set_device", probe)
     index = ShardIndex.open(train_set)
-    sampler = PKSampler(index.labels_to_keys(), P, K, world_size=2, seed=0)
-    pipeline = FramePipeline(P * K, L, SIZE, AUGMENT, device_id=None, num_threads=1)  # CPU decode, GPU batches
+    sampler = PKSampler(index.labels_to_keys(), P, K, world_size=2, seed=0)  # P·K / 2 tracklets a rank
+    pipeline = FramePipeline(sampler.batch_size, L, SIZE, AUGMENT, device_id=None, num_threads=1)  # CPU decode
     loader = TrainLoader(index, sampler, pipeline, rank=local_rank, num_frames=L,
                          device=rank_device(local_rank, cuda=True))
     with pytest.raises(_DeviceProbe):

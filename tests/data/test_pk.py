@@ -1,8 +1,10 @@
-"""PKSampler: disjoint identities across ranks, full coverage, K same-label keys, resampling, determinism."""
+"""PKSampler: global P·K batches, epochs that pass over the tracklets, ranks holding consecutive slices of one
+global batch (the same global batches whatever the world size), determinism."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
@@ -18,74 +20,94 @@ def _label(key: str) -> int:
     return int(key.split("_")[0])
 
 
-COUNTS = [1, 2, 3, 4, 5, 2, 6, 1, 3, 4, 2]  # 11 identities: not a multiple of P·world below
+COUNTS = [1, 2, 3, 4, 5, 2, 6, 1, 3, 4, 2, 9]  # 12 identities, 42 tracklets; K = 2 → 24 chunks
 
 
-@pytest.mark.parametrize("identities, instances, world_size", [(2, 4, 2), (3, 2, 1), (1, 3, 3), (5, 2, 2)])
-def test_plan_shape_coverage_and_disjoint_ranks(identities, instances, world_size):
-    sampler = PKSampler(_groups(COUNTS), identities, instances, world_size, seed=3)
+@pytest.mark.parametrize("identities, instances", [(2, 2), (3, 2), (4, 3), (6, 2)])
+def test_steps_are_full_pk_batches_of_distinct_identities(identities, instances):
+    sampler = PKSampler(_groups(COUNTS), identities, instances, seed=3)
+    chunks = sum(math.ceil(max(n, instances) / instances) for n in COUNTS)
     plan = sampler.epoch_plan(0)
-    per_step = identities * world_size
-    assert len(plan) == sampler.steps_per_epoch() == -(-len(COUNTS) // per_step)
-    seen = set()
-    for step in plan:
-        assert len(step) == world_size
-        step_labels = []
-        for batch in step:
-            assert len(batch) == identities * instances
-            blocks = [batch[i:i + instances] for i in range(0, len(batch), instances)]
-            for block in blocks:  # K consecutive keys share a label
-                assert len({_label(key) for key in block}) == 1
-            step_labels += [_label(block[0]) for block in blocks]
-        assert len(set(step_labels)) == per_step  # distinct identities across the ranks of a step
-        seen |= set(step_labels)
-    assert seen == set(range(len(COUNTS)))  # every identity at least once
-    appearances = sorted(label for step in plan for batch in step for label in {_label(k) for k in batch})
-    assert len(appearances) == len(plan) * per_step  # every step full; only the fill identities repeat
+    assert len(plan) == sampler.optimizer_steps_per_epoch() == math.ceil(chunks / identities)
+    for batch in plan:
+        assert len(batch) == identities * instances
+        blocks = [batch[i:i + instances] for i in range(0, len(batch), instances)]
+        assert all(len({_label(key) for key in block}) == 1 for block in blocks)  # K consecutive share a label
+        assert len({_label(block[0]) for block in blocks}) == identities  # P distinct identities
+        for block in blocks:  # distinct tracklets whenever the identity has K of them
+            if COUNTS[_label(block[0])] >= instances:
+                assert len(set(block)) == instances
 
 
-def test_instances_are_distinct_when_possible_and_resampled_otherwise():
-    sampler = PKSampler(_groups(COUNTS), 2, 3, 1, seed=0)
+def test_an_epoch_passes_over_every_tracklet():
+    counts = [4, 8, 4, 12, 4, 8, 4, 4]  # 48 tracklets, whole chunks of K = 4: 12 chunks, P = 3 → 4 steps
+    sampler = PKSampler(_groups(counts), identities=3, instances=4, seed=1)
+    assert sampler.optimizer_steps_per_epoch() == 48 // 12  # len(tracklets) / (P·K)
     for epoch in range(3):
-        for step in sampler.epoch_plan(epoch):
-            batch = step[0]
-            for block in (batch[i:i + 3] for i in range(0, len(batch), 3)):
-                label, available = _label(block[0]), COUNTS[_label(block[0])]
-                if available >= 3:
-                    assert len(set(block)) == 3
-                else:  # all of them, plus repeats
-                    assert set(block) == {f"{label}_{j}" for j in range(available)}
+        seen = [key for batch in sampler.epoch_plan(epoch) for key in batch]
+        assert sorted(seen) == sorted(k for keys in _groups(counts).values() for k in keys)  # each exactly once
+    uneven = PKSampler(_groups(COUNTS), identities=3, instances=2, seed=2)
+    seen = {key for batch in uneven.epoch_plan(0) for key in batch}
+    assert seen == {k for keys in _groups(COUNTS).values() for k in keys}  # all, some twice (chunk fill)
 
 
-def test_deterministic_per_seed_and_epoch_and_rank_independent():
+def test_the_epoch_counts_tracklets_not_identities():
+    few_ids_many_tracklets = PKSampler(_groups([40] * 6), identities=2, instances=4)
+    assert few_ids_many_tracklets.optimizer_steps_per_epoch() == 240 // 8  # 30 steps, not 6 / 2 = 3
+
+
+@pytest.mark.parametrize("world_size, accumulation", [(1, 1), (2, 1), (4, 1), (2, 2), (1, 3)])
+def test_ranks_and_micro_steps_hold_consecutive_slices_of_one_global_batch(world_size, accumulation):
+    """Whatever the world size and accumulation, the ranks' micro-batches joined in (micro-step, rank) order are
+    the global batches of the one-process plan."""
+    one = PKSampler(_groups(COUNTS), 6, 2, seed=9)
+    many = PKSampler(_groups(COUNTS), 6, 2, world_size=world_size, seed=9, accumulation=accumulation)
+    assert many.batch_size * world_size * accumulation == 12
+    assert many.steps_per_epoch() == one.steps_per_epoch() * accumulation
+    for epoch in (0, 3):
+        joined = []
+        for step in range(many.steps_per_epoch()):
+            micro_step = [key for rank in range(world_size) for key in many.batch(epoch, step, rank)]
+            labels = [_label(key) for key in micro_step]
+            assert all(labels.count(label) % 2 == 0 for label in labels)  # whole identities per micro-step
+            joined += micro_step
+        assert joined == [key for batch in one.epoch_plan(epoch) for key in batch]
+
+
+def test_deterministic_per_seed_and_epoch():
     def sampler(seed):
-        return PKSampler(_groups(COUNTS), 2, 2, 2, seed=seed)
+        return PKSampler(_groups(COUNTS), 3, 2, world_size=3, seed=seed)
 
     assert sampler(5).epoch_plan(1) == sampler(5).epoch_plan(1)
     assert sampler(5).epoch_plan(1) != sampler(5).epoch_plan(2)
     assert sampler(5).epoch_plan(1) != sampler(6).epoch_plan(1)
-    plan = sampler(5).epoch_plan(4)
-    for step, rank in itertools.product(range(len(plan)), range(2)):
-        assert sampler(5).batch(4, step, rank) == plan[step][rank]
+    fresh, used = sampler(5), sampler(5)
+    used.epoch_plan(7)  # a cached plan of another epoch changes nothing
+    for step, rank in itertools.product(range(fresh.steps_per_epoch()), range(3)):
+        assert fresh.batch(1, step, rank) == used.batch(1, step, rank)
 
 
-def test_one_rank_with_p_times_world_is_the_concatenation_of_ranks():
-    wide = PKSampler(_groups(COUNTS), 6, 2, 1, seed=9).epoch_plan(3)
-    split = PKSampler(_groups(COUNTS), 2, 2, 3, seed=9).epoch_plan(3)
-    assert [[sum(step, [])] for step in split] == wide
-
-
-def test_last_step_is_filled_from_the_start_of_the_permutation():
-    sampler = PKSampler(_groups([2] * 5), 2, 2, 1, seed=1)
+def test_an_identity_larger_than_the_epoch_is_drawn_every_step():
+    counts = [2, 2, 2, 40]  # identity 3 has 20 chunks of K = 2; 23 chunks / P = 2 → 12 steps
+    sampler = PKSampler(_groups(counts), 2, 2, seed=0)
     plan = sampler.epoch_plan(0)
-    order = [_label(step[0][i]) for step in plan for i in (0, 2)]  # identity order of the epoch
-    assert len(plan) == 3 and order[4] not in order[:4] and order[5] == order[0]
+    assert len(plan) == 12
+    # drawn in proportion to its chunks left, then every step once the others are used up; P stays distinct
+    assert all(3 in {_label(key) for key in batch} for batch in plan)
+    assert all(len({_label(key) for key in batch}) == 2 for batch in plan)
 
 
-def test_too_few_identities_is_a_clear_error():
-    with pytest.raises(ValueError, match="at least P·world_size"):
-        PKSampler(_groups([2, 2, 2]), 2, 2, 2)
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="at least P = 4 identities"):
+        PKSampler(_groups([2, 2, 2]), 4, 2)
     with pytest.raises(ValueError, match="without tracklets"):
         PKSampler({0: ["a"], 1: []}, 1, 2)
+    with pytest.raises(ValueError, match="cannot be shared by 3 ranks"):
+        PKSampler(_groups(COUNTS), 2, 2, world_size=3)
+    with pytest.raises(ValueError, match="whole identities"):
+        PKSampler(_groups(COUNTS), 3, 2, accumulation=2)
+    sampler = PKSampler(_groups([2, 2]), 1, 2)
     with pytest.raises(IndexError):
-        PKSampler(_groups([2, 2]), 1, 2).batch(0, 2, 0)
+        sampler.batch(0, sampler.steps_per_epoch(), 0)
+    with pytest.raises(IndexError):
+        sampler.batch(0, 0, 1)

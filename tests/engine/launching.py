@@ -24,16 +24,18 @@ REPO = Path(__file__).resolve().parents[2]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 LAUNCH_TIMEOUT_S = 400
 
-# Train split: 12 identities x 4 tracklets (48). Stage 1 (batch 8 x 2 ranks): 3 steps an epoch; stage 2 (P=2,
-# K=4 a rank, 4 identities a step): 3 steps an epoch. 2 + 4 epochs = 6 + 12 = 18 optimizer steps. A checkpoint
-# every 2 steps puts stage 2's first one (global step 8) inside an epoch (epoch 0, after its 2nd step), so a
-# resume from it continues mid-epoch (sampler position, augmentation draws, RNG).
+# Train split: 12 identities x 4 tracklets (48). Stage 1 (global batch 16, 8 a rank): 48 / 16 = 3 steps an epoch;
+# stage 2 (global batch 16 = P 4 x K 4, 8 a rank): 48 / 16 = 3 steps an epoch. 2 + 4 epochs = 6 + 12 = 18
+# optimizer steps. A checkpoint every 2 steps puts stage 2's first one (global step 8) inside an epoch (epoch 0,
+# after its 2nd step), so a resume from it continues mid-epoch (sampler position, augmentation draws, RNG).
 RESUME_OVERRIDES = [
-    "train.stage1.epochs=2", "train.stage1.batch_size=8",
-    "train.stage2.epochs=4", "train.identities=2", "train.instances=4",
+    "train.stage1.epochs=2", "train.stage1.batch_size=16",
+    "train.stage2.epochs=4", "train.stage2.batch_size=16", "train.instances=4",
     "train.log_every=1", "train.checkpoint_every=2", "train.validate_every=2", "train.keep_checkpoints=2",
+    "train.stage2.weight_decay_bias=3e-4",  # a value of its own, to see it reach the optimizer
 ]
 RESUME_TOTAL_STEPS = 18
+# Stage 1: 48 tracklets / 64 -> 1 step; stage 2: 48 / 32 (P 8 x K 4) -> 2 steps.
 SHORT_OVERRIDES = ["train.stage1.epochs=1", "train.stage2.epochs=1", "train.validate_every=1"]
 
 
@@ -44,9 +46,10 @@ def launch_env() -> dict:
     return env
 
 
-def train_command(ds_config: str, data: Path, output: Path, overrides: list[str], resume: bool = False) -> list[str]:
-    return [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "launcher/train.py",
-            "--deepspeed", f"ds_configs/{ds_config}", "--config", "tiny.yaml", "--data", str(data),
+def train_command(ds_config: str, data: Path, output: Path, overrides: list[str], resume: bool = False,
+                  ranks: int = 2, config: str = "tiny.yaml") -> list[str]:
+    return [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port()), "launcher/train.py",
+            "--deepspeed", f"ds_configs/{ds_config}", "--config", config, "--data", str(data),
             "--output", str(output), *(["--resume"] if resume else []), *overrides]
 
 
@@ -84,10 +87,10 @@ def _log_path(output: Path) -> Path:
 
 
 def launch(ds_config: str, data: Path, output: Path, overrides: list[str], resume: bool = False,
-           kill_when=None) -> Launch:
+           kill_when=None, ranks: int = 2, config: str = "tiny.yaml") -> Launch:
     """Run a training launch in its own process group, output to a log file beside the run folder. With
     `kill_when`, SIGKILL the whole group as soon as `kill_when(output)` is true (returncode None: killed)."""
-    return run_launch(train_command(ds_config, data, output, overrides, resume), output, kill_when)
+    return run_launch(train_command(ds_config, data, output, overrides, resume, ranks, config), output, kill_when)
 
 
 def run_launch(command: list[str], output: Path, kill_when=None) -> Launch:

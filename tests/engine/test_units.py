@@ -1,5 +1,5 @@
-"""The engine's pure parts, in-process and fast: the DeepSpeed config it builds, the global-batch check, the LR
-schedule, checkpoint tags / `latest` / pruning, the weights-only reader, rank-averaged scalars, the non-finite
+"""The engine's pure parts, in-process and fast: the DeepSpeed config it builds and what it refuses, the batch
+plans (global batch -> micro-batch x accumulation x world), the labels check, the LR schedule, checkpoint tags / `latest` / pruning, the weights-only reader, rank-averaged scalars, the non-finite
 policy's message, the checkpoint position and RNG state files."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import torch
 from xfd.config import TrainConfig, load_config
 from xfd.engine.checkpoint import (CHECKPOINTS, LATEST, latest_tag, parse_tag, prune, safe_checkpoint_engine,
                                    tag_for)
-from xfd.engine.deepspeed_config import (DeepSpeedConfigError, build_deepspeed_config, check_global_batch,
-                                         offloads_optimizer, read_engine_json, use_bf16, zero_stage)
+from xfd.engine.batching import BatchPlan, BatchSizeError, plan_batch, stage_batch
+from xfd.engine.deepspeed_config import (DeepSpeedConfigError, build_deepspeed_config, offloads_optimizer,
+                                         read_engine_json, use_bf16, zero_stage)
 from xfd.engine.schedule import WarmupCosine, warmup_cosine
 from xfd.engine.steps import Position, nonfinite, nonfinite_message, reduced_scalars, restore_rng, save_rng
 
@@ -35,10 +36,14 @@ def tiny_train(*overrides: str) -> TrainConfig:
 
 # ------------------------------------------------------------------------------------------- DeepSpeed config
 
+def plan(global_batch: int = 32, world: int = 2, accumulation: int = 1) -> BatchPlan:
+    return BatchPlan(global_batch, world, global_batch // (world * accumulation), accumulation)
+
+
 def test_owned_keys_are_injected(tmp_path):
-    train = tiny_train("train.gradient_accumulation=3", "train.grad_clip=0.5")
+    train = tiny_train("train.grad_clip=0.5")
     config = build_deepspeed_config(engine_json(tmp_path, {"zero_optimization": {"stage": 2}}), train,
-                                    micro_batch=16, world_size=2, cuda=False)
+                                    plan(96, 2, 3), cuda=False)
     assert config["train_micro_batch_size_per_gpu"] == 16
     assert config["gradient_accumulation_steps"] == 3
     assert config["train_batch_size"] == 16 * 3 * 2
@@ -49,48 +54,80 @@ def test_owned_keys_are_injected(tmp_path):
 
 
 def test_monitor_sections_point_into_the_run(tmp_path):
-    config = build_deepspeed_config(engine_json(tmp_path, {}), tiny_train(), micro_batch=8, world_size=1,
-                                    cuda=False, monitor_dir=tmp_path / "monitor", job_name="stage2")
+    config = build_deepspeed_config(engine_json(tmp_path, {}), tiny_train(), plan(8, 1), cuda=False,
+                                    monitor_dir=tmp_path / "monitor", job_name="stage2")
     for section in ("tensorboard", "csv_monitor"):
         assert config[section] == {"enabled": True, "output_path": str(tmp_path / "monitor"), "job_name": "stage2"}
 
 
 def test_repeating_an_owned_key_with_the_same_value_is_accepted(tmp_path):
     path = engine_json(tmp_path, {"train_batch_size": 32, "gradient_accumulation_steps": 1,
-                                  "gradient_clipping": 1.0})
-    assert build_deepspeed_config(path, tiny_train(), micro_batch=16, world_size=2, cuda=False)["train_batch_size"] == 32
+                                  "gradient_clipping": 1.0, "bf16": {"enabled": False}})
+    assert build_deepspeed_config(path, tiny_train(), plan(), cuda=False)["train_batch_size"] == 32
 
 
 @pytest.mark.parametrize("key, value", [("train_batch_size", 64), ("train_micro_batch_size_per_gpu", 4),
                                         ("gradient_accumulation_steps", 2), ("gradient_clipping", 5.0)])
-def test_contradicting_owned_key_raises_naming_it(tmp_path, key, value):
+def test_contradicting_owned_key_raises_naming_both_values(tmp_path, key, value):
     path = engine_json(tmp_path, {key: value, "zero_optimization": {"stage": 2}})
     with pytest.raises(DeepSpeedConfigError) as err:
-        build_deepspeed_config(path, tiny_train(), micro_batch=16, world_size=2, cuda=False)
-    assert key in str(err.value) and str(path) in str(err.value) and str(value) in str(err.value)
+        build_deepspeed_config(path, tiny_train(), plan(), cuda=False, stage="stage 2")
+    wanted = {"train_batch_size": "32", "train_micro_batch_size_per_gpu": "16", "gradient_accumulation_steps": "1",
+              "gradient_clipping": "1.0"}[key]
+    message = str(err.value)
+    assert f"{key}={value} contradicts" in message and f"gives {wanted} for stage 2" in message
+    assert str(path) in message
+
+
+@pytest.mark.parametrize("key, value, kind", [("train_batch_size", "32", "str, not an integer"),
+                                              ("gradient_accumulation_steps", 1.5, "float, not an integer"),
+                                              ("train_micro_batch_size_per_gpu", True, "bool, not an integer"),
+                                              ("gradient_clipping", "1.0", "str, not a number")])
+def test_mistyped_owned_key_names_the_type_problem(tmp_path, key, value, kind):
+    """`"train_batch_size": "32"` used to read "32 contradicts (32)"."""
+    path = engine_json(tmp_path, {key: value})
+    with pytest.raises(DeepSpeedConfigError) as err:
+        build_deepspeed_config(path, tiny_train(), plan(), cuda=False)
+    assert f"{key}={value!r} is a {kind}" in str(err.value) and "leave the key out" in str(err.value)
 
 
 @pytest.mark.parametrize("key", ["optimizer", "scheduler"])
 def test_optimizer_and_scheduler_sections_are_refused(tmp_path, key):
     path = engine_json(tmp_path, {key: {"type": "Adam", "params": {"lr": 1e-3}}})
     with pytest.raises(DeepSpeedConfigError, match=f"'{key}' is set by xfd"):
-        build_deepspeed_config(path, tiny_train(), micro_batch=16, world_size=2, cuda=False)
+        build_deepspeed_config(path, tiny_train(), plan(), cuda=False)
 
 
 def test_fp16_is_refused(tmp_path):
-    with pytest.raises(DeepSpeedConfigError, match="fp16"):
-        build_deepspeed_config(engine_json(tmp_path, {"fp16": {"enabled": True}}), tiny_train(), micro_batch=16,
-                               world_size=1, cuda=False)
+    with pytest.raises(DeepSpeedConfigError, match="fp16 is not supported"):
+        build_deepspeed_config(engine_json(tmp_path, {"fp16": {"enabled": True}}), tiny_train(), plan(8, 1),
+                               cuda=False)
 
 
-def test_bf16_only_with_cuda(tmp_path, monkeypatch):
-    path = engine_json(tmp_path, {"bf16": {"enabled": True}})  # the JSON cannot switch it on by itself
-    assert build_deepspeed_config(path, tiny_train(), micro_batch=8, world_size=1, cuda=False)["bf16"]["enabled"] is False
+def test_precision_comes_from_the_experiment_and_a_contradicting_json_is_refused(tmp_path, monkeypatch):
+    """A bf16 JSON under precision=fp32 used to be silently overridden."""
+    on, off = engine_json(tmp_path, {"bf16": {"enabled": True}}), tmp_path / "off.json"
+    off.write_text(json.dumps({"bf16": {"enabled": False}}))
+    with pytest.raises(DeepSpeedConfigError) as err:
+        build_deepspeed_config(on, tiny_train("train.precision=fp32"), plan(8, 1), cuda=False)
+    assert "bf16.enabled=true contradicts train.precision=fp32" in str(err.value)
+    with pytest.raises(DeepSpeedConfigError, match=r"bf16.enabled=true contradicts train.precision=auto \(fp32 on CPU\)"):
+        build_deepspeed_config(on, tiny_train(), plan(8, 1), cuda=False)
+    with pytest.raises(DeepSpeedConfigError, match="bf16.enabled=false contradicts train.precision=bf16"):
+        build_deepspeed_config(off, tiny_train("train.precision=bf16"), plan(8, 1), cuda=False)
+    assert build_deepspeed_config(on, tiny_train("train.precision=bf16"), plan(8, 1), cuda=False)["bf16"] == {
+        "enabled": True}
+    bad = engine_json(tmp_path, {"bf16": {"enabled": "yes"}})
+    with pytest.raises(DeepSpeedConfigError, match="enabled.*true/false"):
+        build_deepspeed_config(bad, tiny_train(), plan(8, 1), cuda=False)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert build_deepspeed_config(path, tiny_train(), micro_batch=8, world_size=1, cuda=True)["bf16"]["enabled"] is True
+    plain = engine_json(tmp_path, {})
+    assert build_deepspeed_config(plain, tiny_train(), plan(8, 1), cuda=True)["bf16"]["enabled"] is True
+    assert build_deepspeed_config(plain, tiny_train(), plan(8, 1), cuda=False)["bf16"]["enabled"] is False
     assert use_bf16("auto", cuda=False) is False
     assert use_bf16("auto", cuda=True) is True
     assert use_bf16("fp32", cuda=True) is False
+    assert use_bf16("bf16", cuda=False) is True  # bf16 on CPU ranks is a real path (tests/engine/test_bf16.py)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert use_bf16("auto", cuda=True) is False  # a GPU without bf16 trains in fp32
 
@@ -117,17 +154,58 @@ def test_packaged_ds_configs_hold_engine_settings_only(name, stage, offload):
                            "gradient_accumulation_steps", "gradient_clipping", "fp16", "bf16"}
     if name == "zero2.json":
         assert raw["zero_optimization"]["overlap_comm"] and raw["zero_optimization"]["contiguous_gradients"]
-    config = build_deepspeed_config(path, tiny_train(), micro_batch=16, world_size=2, cuda=False)
+    config = build_deepspeed_config(path, tiny_train(), plan(), cuda=False)
     assert config["train_batch_size"] == 32
 
 
-def test_check_global_batch():
-    assert check_global_batch(tiny_train(), world_size=2) == 4 * 4 * 1 * 2
-    assert check_global_batch(tiny_train("train.gradient_accumulation=2", "train.global_batch=64"), 2) == 64
-    with pytest.raises(DeepSpeedConfigError) as err:
-        check_global_batch(tiny_train("train.global_batch=48"), world_size=2)
+# ----------------------------------------------------------------------------------------------- batch plans
+
+@pytest.mark.parametrize("world, micro", [(1, 24), (2, 12), (3, 8), (4, 6), (6, 4), (8, 3), (12, 2), (24, 1)])
+def test_the_paper_batch_is_the_same_on_any_world_that_divides_it(world, micro):
+    """Stage 2's 24 = P 6 x K 4 at any world size: micro x world = 24, no accumulation."""
+    train = load_config("xfd_vitl14.yaml").train
+    assert stage_batch(train, 2, world) == BatchPlan(24, world, micro, 1, group=4)
+    if 48 % world == 0:
+        assert stage_batch(train, 1, world) == BatchPlan(48, world, 48 // world, 1)
+
+
+def test_a_world_that_cannot_share_the_batch_is_refused_with_the_nearest_sizes():
+    with pytest.raises(BatchSizeError) as err:
+        stage_batch(load_config("xfd_vitl14.yaml").train, 2, 5)
     message = str(err.value)
-    assert "train.global_batch=48" in message and "world 2" in message and "= 32" in message
+    assert "global batch of 24 tracklets cannot be shared evenly by 5 ranks" in message
+    assert "Nearest world sizes that work: 4 or 6" in message and "P 6 x K 4" in message
+    with pytest.raises(BatchSizeError, match="by 64 ranks.*Nearest world sizes that work: 48 "):
+        stage_batch(load_config("xfd_vitl14.yaml").train, 1, 64)
+
+
+def test_a_micro_batch_cap_gives_accumulation_with_whole_identities_per_micro_step():
+    train = load_config("xfd_vitl14.yaml", ["train.max_micro_batch=4"]).train
+    # 24 on 2 ranks = 12 a rank; 4 at most: 3 micro-steps of 8 (2 identities of K = 4), 4 a rank
+    assert stage_batch(train, 2, 2) == BatchPlan(24, 2, 4, 3, group=4)
+    assert stage_batch(train, 1, 2) == BatchPlan(48, 2, 4, 6)
+    # 24 on 1 rank under a cap of 5: 3 micro-steps of 8 would break the cap, 6 of 4 keep identities whole
+    assert plan_batch(24, 1, 5, group=4) == BatchPlan(24, 1, 4, 6, group=4)
+    # 24 on 8 ranks under a cap of 2: 3 micro-steps of 8 (2 identities), 1 a rank
+    assert plan_batch(24, 8, 2, group=4) == BatchPlan(24, 8, 1, 3, group=4)
+    # 20 = P 5 x K 4 on 10 ranks: 2 a rank; 1 a rank would need micro-steps of 10, which split identities
+    with pytest.raises(BatchSizeError, match="max_micro_batch=1 cannot be met with 10 ranks.*micro-batches of 2 "
+                                             r"\(micro-steps must hold whole groups of 4\); the nearest that works is 2"):
+        plan_batch(20, 10, 1, group=4)
+
+
+def test_lr_scaling_is_explicit():
+    base = load_config("xfd_vitl14.yaml").train.stage2
+    assert base.scaled_lr == base.lr == 1e-4
+    linear = load_config("xfd_vitl14.yaml", ["train.stage2.batch_size=96", "train.stage2.lr_scaling=linear",
+                                             "train.stage2.reference_batch=24"]).train.stage2
+    assert linear.scaled_lr == pytest.approx(4e-4)
+    root = load_config("xfd_vitl14.yaml", ["train.stage2.batch_size=96", "train.stage2.lr_scaling=sqrt",
+                                           "train.stage2.reference_batch=24"]).train.stage2
+    assert root.scaled_lr == pytest.approx(2e-4)
+    from xfd.config import ConfigError
+    with pytest.raises(ConfigError, match="train.stage2.reference_batch: lr_scaling=linear"):
+        load_config("xfd_vitl14.yaml", ["train.stage2.lr_scaling=linear"])
 
 
 # -------------------------------------------------------------------------------------------------- schedule
@@ -302,3 +380,16 @@ def test_ranks_on_this_node_read_from_either_launcher(monkeypatch):
     assert ranks_on_this_node(16) == 4
     monkeypatch.setenv("LOCAL_SIZE", "8")  # deepspeed's launcher, which does not set LOCAL_WORLD_SIZE
     assert ranks_on_this_node(16) == 8
+
+
+def test_run_refuses_a_world_that_cannot_share_either_stage_naming_the_sizes_that_share_both():
+    from xfd.engine.train import plan_batches
+
+    cfg = load_config("xfd_vitl14.yaml")
+    assert {n: p.micro for n, p in plan_batches(cfg, 4).items()} == {1: 12, 2: 6}
+    with pytest.raises(BatchSizeError) as err:
+        plan_batches(cfg, 16)  # divides 48 but not 24
+    message = str(err.value)
+    assert message.startswith("stage 2 (train.stage2.batch_size = P 6 x K 4): a global batch of 24 tracklets cannot "
+                              "be shared evenly by 16 ranks")
+    assert "World sizes that share both stages' batches (48 and 24): 1, 2, 3, 4, 6, 8, 12, 24" in message

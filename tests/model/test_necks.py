@@ -33,3 +33,34 @@ def test_build_neck():
     assert isinstance(build_neck("bnneck", 4), BNNeck)
     assert isinstance(build_neck("instancenorm", 4), InstanceNormNeck)
     assert isinstance(build_neck("none", 4), nn.Identity)
+
+
+def test_batchnorm_neck_computes_and_keeps_statistics_in_float32_under_bf16_weights():
+    from xfd.model.necks import Float32BatchNorm1d
+
+    torch.manual_seed(0)
+    reference, ours = nn.BatchNorm1d(6), Float32BatchNorm1d(6)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(8, 6) * 3 + 1  # (B, C)
+    torch.testing.assert_close(ours(x), reference(x))  # training mode: batch statistics, running update
+    torch.testing.assert_close(ours.running_mean, reference.running_mean)
+    assert int(ours.num_batches_tracked) == 1
+    ours.bfloat16()  # what a bf16 engine does to a module
+    assert ours.weight.dtype == torch.bfloat16
+    assert ours.running_mean.dtype == ours.running_var.dtype == torch.float32
+    out = ours(x.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reference(x.bfloat16().float()))  # bf16 weights of 1 and 0 are exact
+    torch.testing.assert_close(ours.running_var, reference.running_var)  # updated in float32
+    ours.eval()
+    torch.testing.assert_close(ours(x), reference.eval()(x))
+
+
+def test_id_classifier_runs_in_the_dtype_of_its_input():
+    from xfd.model.necks import classifier
+
+    layer = classifier(4, 3).bfloat16()
+    x = torch.randn(2, 4)
+    out = layer(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, x @ layer.weight.float().T)

@@ -224,8 +224,8 @@ def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):
-    """(model, experiment config, metadata) from a model file written by training. The backbone is built
-    without its pretrained weights file (the model file holds every weight), and loading is strict."""
+    """(model, experiment config, metadata) from a model file written by training. The model is built without its
+    pretrained weights or `init_from` file (the model file holds every weight), and loading is strict."""
     import dataclasses
 
     import yaml
@@ -238,7 +238,7 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):
         raise ValueError(f"{path}: not an xfd model file (no embedded config)")
     cfg = config_from_dict(yaml.safe_load(metadata["config"]))
     backbone = dataclasses.replace(cfg.model.backbone, pretrained=None)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=backbone))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=backbone, init_from=None))
     model = build_model(cfg.model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

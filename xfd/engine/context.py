@@ -157,9 +157,10 @@ def git_revision(path: Path) -> str | None:
 
 
 def write_run_identity(ctx: RunContext, cfg: ExperimentConfig, engine_json: dict, ds_config_path: str,
-                       resumed_from: str | None) -> None:
-    """config.yaml (the resolved experiment config) and run.json (command, git revision, world, engine JSON).
-    A resumed run must use the same config: a different one is refused (it would not reproduce the run)."""
+                       resumed_from: str | None, batches: dict | None = None) -> None:
+    """config.yaml (the resolved experiment config) and run.json (command, git revision, world, each stage's
+    engine JSON and batch: global batch, micro-batch, accumulation, LR). A resumed run must use the same config: a
+    different one is refused (it would not reproduce the run)."""
     if not ctx.is_main:
         return
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
@@ -187,6 +188,7 @@ def write_run_identity(ctx: RunContext, cfg: ExperimentConfig, engine_json: dict
         "device": str(ctx.device),
         "deepspeed_config": ds_config_path,
         "deepspeed_config_resolved": engine_json,
+        "batches": batches,
         "resumed_from": resumed_from,
         "versions": _versions(),
     })

@@ -1,9 +1,10 @@
 """The DeepSpeed config a run uses: the engine JSON (ZeRO stage, offload, buckets) + what the experiment owns.
 
-docs/design.md, decision 6: `ds_configs/*.json` hold engine settings only. Batch sizes, gradient clipping, precision
-and monitor paths come from the experiment config and the run folder, and are written into the dict here; a JSON
-that sets them differently is an error (two sources of truth for the batch size would silently disagree).
-The global batch identity `train_batch_size = micro x accumulation x world` is asserted, as DeepSpeed would.
+`ds_configs/*.json` hold engine settings only (docs/design.md). Batch sizes, gradient clipping, precision and
+monitor paths come from the experiment config and the run folder, and are written into the dict here. A JSON that
+sets them differently (or with a value of the wrong type) is refused before any work, naming both values: two
+sources of truth for the batch size or the precision would otherwise silently disagree. The batch identity
+`train_batch_size = micro x accumulation x world` holds by construction (xfd/engine/batching.py).
 """
 
 from __future__ import annotations
@@ -12,12 +13,18 @@ import json
 from pathlib import Path
 
 from xfd.config import TrainConfig
+from xfd.engine.batching import BatchPlan
 
 # Keys the experiment config owns; an engine JSON may repeat them only with the same value.
 OWNED_BY_EXPERIMENT = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                        "gradient_clipping")
 # Keys that must not appear at all: the optimiser and LR schedule are built by xfd from the experiment config.
 FORBIDDEN = ("optimizer", "scheduler")
+# Where each owned value comes from, for the messages.
+_SOURCES = {"train_batch_size": "the stage's batch_size (global)",
+            "train_micro_batch_size_per_gpu": "the stage's batch_size / (world x accumulation)",
+            "gradient_accumulation_steps": "derived from the batch, the world size and train.max_micro_batch",
+            "gradient_clipping": "train.grad_clip"}
 
 
 class DeepSpeedConfigError(ValueError):
@@ -58,48 +65,65 @@ def offloads_optimizer(engine_json: dict) -> bool:
     return offload.get("device", "none") not in ("none", None)
 
 
-def build_deepspeed_config(path: str | Path, train: TrainConfig, *, micro_batch: int, world_size: int,
-                           cuda: bool, monitor_dir: str | Path | None = None, job_name: str = "train") -> dict:
-    """The config dict for `deepspeed.initialize` of one stage (stage 1 and 2 differ in `micro_batch`)."""
+def _check_owned(path, key: str, value, wanted, stage: str) -> None:
+    """An owned key the JSON repeats must have the right type and the experiment's value."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key == "gradient_clipping" and not number:
+        raise DeepSpeedConfigError(f"{path}: {key}={value!r} is a {type(value).__name__}, not a number (the experiment "
+                                   f"config sets {wanted} from {_SOURCES[key]}; leave the key out of the JSON)")
+    if key != "gradient_clipping" and not (number and float(value).is_integer()):
+        raise DeepSpeedConfigError(f"{path}: {key}={value!r} is a {type(value).__name__}, not an integer (the "
+                                   f"experiment config sets {wanted} from {_SOURCES[key]}; leave the key out of the "
+                                   "JSON)")
+    if value != wanted:
+        raise DeepSpeedConfigError(
+            f"{path}: {key}={value} contradicts the experiment config, which gives {wanted} for {stage} "
+            f"({_SOURCES[key]}); batch sizes and clipping are set in the experiment config, leave them out of the JSON")
+
+
+def _check_precision(path, engine: dict, train: TrainConfig, bf16: bool, cuda: bool) -> None:
+    """fp16 is refused; a bf16 section must agree with train.precision as resolved for this device."""
+    resolved = f"train.precision={train.precision}" + (
+        f" ({'bf16' if bf16 else 'fp32'} on {'this GPU' if cuda else 'CPU'})" if train.precision == "auto" else "")
+    for section in ("fp16", "bf16"):
+        if section not in engine:
+            continue
+        block = engine[section]
+        if not isinstance(block, dict) or not isinstance(block.get("enabled", False), bool):
+            raise DeepSpeedConfigError(f"{path}: {section} must be an object with \"enabled\": true/false, got "
+                                       f"{block!r}")
+        enabled = block.get("enabled", False)
+        if section == "fp16" and enabled:
+            raise DeepSpeedConfigError(f"{path}: fp16 is not supported (CLIP fine-tuning is unstable under loss "
+                                       f"scaling); precision is {resolved}")
+        if section == "bf16" and enabled != bf16:
+            raise DeepSpeedConfigError(f"{path}: bf16.enabled={str(enabled).lower()} contradicts {resolved}; "
+                                       "precision is set in the experiment config, leave it out of the JSON")
+
+
+def build_deepspeed_config(path: str | Path, train: TrainConfig, plan: BatchPlan, *, cuda: bool,
+                           monitor_dir: str | Path | None = None, job_name: str = "train",
+                           stage: str = "this stage") -> dict:
+    """The config dict for `deepspeed.initialize` of one stage (stages differ in their batch plans)."""
     engine = read_engine_json(path)
     for key in FORBIDDEN:
         if key in engine:
             raise DeepSpeedConfigError(f"{path}: '{key}' is set by xfd from the experiment config "
                                        f"(train.stage1/stage2); remove it from the engine JSON")
-    accumulation = train.gradient_accumulation
-    global_batch = micro_batch * accumulation * world_size
     wanted = {
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": accumulation,
-        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": plan.micro,
+        "gradient_accumulation_steps": plan.accumulation,
+        "train_batch_size": plan.global_batch,
         "gradient_clipping": float(train.grad_clip),
     }
     for key in OWNED_BY_EXPERIMENT:
-        if key in engine and engine[key] != wanted[key]:
-            raise DeepSpeedConfigError(
-                f"{path}: {key}={engine[key]} contradicts the experiment config ({wanted[key]}); batch sizes and "
-                "clipping are set in the experiment config (train.identities/instances/gradient_accumulation, "
-                "train.grad_clip)")
-    assert wanted["train_batch_size"] == micro_batch * accumulation * world_size  # the identity DeepSpeed checks
+        if key in engine:
+            _check_owned(path, key, engine[key], wanted[key], stage)
     engine.update(wanted)
     bf16 = use_bf16(train.precision, cuda)
-    if "fp16" in engine and engine["fp16"].get("enabled"):
-        raise DeepSpeedConfigError(f"{path}: fp16 is not supported (CLIP fine-tuning is unstable under loss "
-                                   "scaling); precision is train.precision (auto = bf16 on GPUs)")
+    _check_precision(path, engine, train, bf16, cuda)
     engine["bf16"] = {**engine.get("bf16", {}), "enabled": bf16}
     if monitor_dir is not None:
         for section in ("tensorboard", "csv_monitor"):
             engine[section] = {"enabled": True, "output_path": str(monitor_dir), "job_name": job_name}
     return engine
-
-
-def check_global_batch(train: TrainConfig, world_size: int) -> int:
-    """Stage 2's global batch (micro x accumulation x world); must equal `train.global_batch` when that is set."""
-    global_batch = train.micro_batch * train.gradient_accumulation * world_size
-    if train.global_batch and train.global_batch != global_batch:
-        raise DeepSpeedConfigError(
-            f"train.global_batch={train.global_batch} but micro-batch {train.micro_batch} (P={train.identities} x "
-            f"K={train.instances}) x accumulation {train.gradient_accumulation} x world {world_size} = {global_batch}")
-    if train.micro_batch % train.instances:
-        raise DeepSpeedConfigError(f"K={train.instances} must divide the micro-batch {train.micro_batch}")
-    return global_batch

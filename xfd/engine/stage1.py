@@ -3,7 +3,9 @@ learn each identity's text context vectors against them with SupCon i2t + t2i. O
 the image side is untouched, so the cached features stay valid for the whole stage.
 
 Batches: each epoch a permutation of the N cached features (seeded by seed and epoch) is cut into global batches
-of `stage1.batch_size x world` (the last one wraps around to the start), each rank taking its slice.
+of `stage1.batch_size` (the last one wraps around to the start): ceil(N / batch) optimizer steps an epoch. Every
+rank holds the whole cache, so each takes the image features of the micro-step's whole batch directly, runs the
+text encoder on its own consecutive slice of the labels, and gathers the text features of all ranks.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from safetensors.torch import load_file, save
 
 from xfd.atomic import write_bytes_atomic
 from xfd.data.index import ShardIndex
-from xfd.engine.checkpoint import full_state_dict, load_checkpoint
-from xfd.engine.common import Run, make_engine, monitor_of, release, take_micro_step, text_state_path
+from xfd.engine.batching import stage_batch
+from xfd.engine.checkpoint import full_state_dict
+from xfd.engine.gather import RankGather
+from xfd.engine.loop import Run, Stage, make_engine, release, text_state_path
 from xfd.engine.objectives import stage1_loss
-from xfd.engine.progress import StageProgress
-from xfd.engine.steps import Position
 from xfd.inference import extract_split, gather_feature_sets
 
 IMAGE_CACHE = "stage1_image_features.safetensors"
@@ -52,62 +54,67 @@ def cache_image_features(run: Run, model, index: ShardIndex) -> tuple[torch.Tens
     return cached["features"], cached["labels"]
 
 
-def steps_per_epoch(samples: int, batch: int, world: int) -> int:
-    return max(1, math.ceil(samples / (batch * world)))
+def steps_per_epoch(samples: int, batch: int) -> int:
+    """Optimizer steps of one pass over `samples` cached features in global batches of `batch`."""
+    return max(1, math.ceil(samples / batch))
 
 
-def epoch_order(samples: int, batch: int, world: int, seed: int, epoch: int) -> np.ndarray:
-    """Sample indices of one epoch, wrapped to whole global batches: (steps x batch x world,)."""
+def epoch_order(samples: int, batch: int, seed: int, epoch: int) -> np.ndarray:
+    """Sample indices of one epoch, wrapped to whole global batches: (steps x batch,)."""
     perm = np.random.default_rng([seed, 1, epoch]).permutation(samples)
-    need = steps_per_epoch(samples, batch, world) * batch * world
-    return np.resize(perm, need)
+    return np.resize(perm, steps_per_epoch(samples, batch) * batch)
 
 
-def train_prompts(run: Run, model, index: ShardIndex) -> dict[str, torch.Tensor]:
-    """Stage 1 from its start or from `run.resume_tag`; returns the text branch's state (prefixed `text.`)
-    with every identity's text feature cached in `text.cached`, also written to text_features.safetensors."""
-    ctx, cfg = run.ctx, run.cfg
-    s1 = cfg.train.stage1
-    features, labels = cache_image_features(run, model, index)
-    text = model.text
-    model.set_stage(1)
-    text.train()
-    batch, world = s1.batch_size, ctx.world_size
-    steps = steps_per_epoch(len(labels), batch, world)
-    engine, total = make_engine(run, text, [{"params": [text.prompt_learner.ctx], "name": "prompts"}], s1, steps,
-                                batch, "stage1")
-    pos = run.position
-    if run.resume_tag is not None and pos.stage == 1:
-        pos = run.position = Position.from_state(load_checkpoint(engine, ctx.run_dir, run.resume_tag,
-                                                                 ctx.rank)["xfd_position"])
-    progress = StageProgress(stage=1, total_steps=total, done_steps=pos.global_step, is_main=ctx.is_main,
-                             monitor=monitor_of(engine, ctx.is_main), log=run.log, log_every=cfg.train.log_every)
-    start_epoch, start_step = pos.epoch, pos.step
-    with progress:  # the bar is closed however the loop ends, an error included
-        for epoch in range(start_epoch, s1.epochs):
-            order = epoch_order(len(labels), batch, world, cfg.train.seed, epoch)
-            for step in range(start_step if epoch == start_epoch else 0, steps):
-                if run.stopped():
-                    break
-                rows = order[(step * world + ctx.rank) * batch:(step * world + ctx.rank + 1) * batch]
-                batch_labels = labels[rows].to(ctx.device)  # (B,)
-                text_features = engine(batch_labels)  # (B, E)
-                loss, parts = stage1_loss(features[rows].to(ctx.device), text_features, batch_labels, cfg.train.loss)
-                take_micro_step(run, engine, progress, loss, parts, epoch=epoch, step=step,
-                                batch_names=lambda: [f"label {int(v)}" for v in batch_labels], tracklets=len(rows),
-                                frames=0, wait_seconds=0.0)
-            if run.stopped():
-                break
-            pos.epoch, pos.step = epoch + 1, 0
-            run.checkpoint(engine)
-    text.eval()
-    text.cache_features()  # (C, E), computed by every rank (ZeRO-3 gathers the weights)
-    state = {f"text.{k}": v for k, v in full_state_dict(text, run.zero3).items()}
-    if ctx.is_main:
-        write_bytes_atomic(text_state_path(ctx.run_dir), save(state))
-    ctx.barrier()
-    release(engine)
-    return state
+class PromptStage(Stage):
+    """Stage 1 for `fit`: the engine trains `model.text`'s context vectors on the cached image features."""
+
+    number = 1
+
+    def __init__(self, run: Run, model, index: ShardIndex):
+        ctx, cfg = run.ctx, run.cfg
+        s1 = cfg.train.stage1
+        self.run, self.device, self.loss_cfg, self.seed = run, ctx.device, cfg.train.loss, cfg.train.seed
+        self.features, self.labels = cache_image_features(run, model, index)  # (N, E), (N,)
+        self.text = model.text
+        model.set_stage(1)
+        self.text.train()
+        self.epochs, self.plan = s1.epochs, stage_batch(cfg.train, 1, ctx.world_size)
+        self.steps_per_epoch = steps_per_epoch(len(self.labels), self.plan.global_batch)
+        # stage 1 trains no bias: the context vectors decay at weight_decay, as CLIP-ReID's stage 1
+        groups = [{"params": [self.text.prompt_learner.ctx], "name": "prompts", "weight_decay": s1.weight_decay}]
+        self.engine = make_engine(run, self.text, groups, s1, self.plan, self.steps_per_epoch, "stage1")
+        self.gather = RankGather(ctx.world_size, ctx.rank)
+        self.tracklets = self.plan.micro
+
+    def batches(self, epoch: int, start: int):
+        """Per micro-step: the rows of the micro-step's batch over all ranks (G / accumulation,)."""
+        order = epoch_order(len(self.labels), self.plan.global_batch, self.seed, epoch)
+        width = self.plan.per_micro_step
+        for step in range(start, self.steps_per_epoch * self.plan.accumulation):
+            yield order[step * width:(step + 1) * width]
+
+    def loss(self, rows):
+        rank = self.gather.rank
+        labels = self.labels[rows].to(self.device)  # (W x m,)
+        own = labels[rank * self.plan.micro:(rank + 1) * self.plan.micro]  # (m,) this rank's slice
+        text = self.gather(self.engine(own).float())  # (W x m, E)
+        return stage1_loss(self.features[rows].to(self.device), text, labels, self.loss_cfg)
+
+    def batch_names(self, rows) -> list[str]:
+        return [f"label {int(v)}" for v in self.labels[rows]]
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        """Every identity's text feature cached in the model (`text.cached`); the text branch's state (prefixed
+        `text.`), also written to text_features.safetensors for a stage-2 resume."""
+        ctx = self.run.ctx
+        self.text.eval()
+        self.text.cache_features()  # (C, E), computed by every rank (ZeRO-3 gathers the weights)
+        state = {f"text.{k}": v for k, v in full_state_dict(self.text, self.run.zero3).items()}
+        if ctx.is_main:
+            write_bytes_atomic(text_state_path(ctx.run_dir), save(state))
+        ctx.barrier()
+        release(self.engine)
+        return state
 
 
 def load_text_state(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
-"""Stage 2 of CLIP-ReID: the text features are fixed; the image side trains on PK batches of augmented
-tracklets with 0.25·ID + 1.0·triplet + 1.0·i2tce (docs/model.md), validated every `validate_every` epochs on the
-held-out split. The text branch is detached from the module DeepSpeed wraps (it no longer trains, and under
-ZeRO-3 its weights were already partitioned by stage 1's engine); its state rejoins the exported model file.
+"""Stage 2 of CLIP-ReID: the text features are fixed; the image side trains on global PK batches of augmented
+tracklets with paper 001's Eq. 1 plus i2tce (xfd/engine/objectives.py), validated every `validate_every` epochs on
+the held-out split. The text branch stays in the model (frozen, so the optimizer never holds it) and is exported
+with it; its cached per-identity features are the fixed text side of the losses.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from xfd.data.index import ShardIndex
 from xfd.data.loader import TrainLoader
 from xfd.data.pipeline import FramePipeline
 from xfd.data.pk import PKSampler
-from xfd.engine.checkpoint import full_state_dict, load_checkpoint, save_model_file
-from xfd.engine.common import Run, make_engine, monitor_of, release, take_micro_step
+from xfd.engine.batching import stage_batch
+from xfd.engine.checkpoint import full_state_dict, save_model_file
+from xfd.engine.gather import RankGather
+from xfd.engine.loop import Run, Stage, make_engine, release
 from xfd.engine.objectives import stage2_loss
-from xfd.engine.progress import StageProgress
-from xfd.engine.steps import Position
 from xfd.eval.heldout import validate
 from xfd.eval.rerank import RerankParams
 from xfd.eval.score import ScoreOptions
@@ -32,11 +32,11 @@ def model_metadata(run: Run, **extra) -> dict:
             "epoch": run.position.epoch, "global_step": run.position.global_step, **extra}
 
 
-def export_model(run: Run, module, text_state: dict, name: str, **extra) -> None:
-    """Every rank joins (ZeRO-3 gathers); rank 0 writes RUN/<name> with the text branch's state merged in."""
+def export_model(run: Run, module, name: str, **extra) -> None:
+    """Every rank joins (ZeRO-3 gathers); rank 0 writes RUN/<name> (the whole model, text branch included)."""
     state = full_state_dict(module, run.zero3)
     if run.ctx.is_main:
-        save_model_file(run.ctx.run_dir / name, {**state, **text_state}, model_metadata(run, **extra))
+        save_model_file(run.ctx.run_dir / name, state, model_metadata(run, **extra))
     run.ctx.barrier()
 
 
@@ -65,67 +65,59 @@ def run_validation(run: Run, module) -> dict[str, float] | None:
     return scalars
 
 
-def train_image_side(run: Run, model, index: ShardIndex, text_state: dict) -> None:
-    """Stage 2 from its start or from `run.resume_tag`, exporting best.safetensors and model.safetensors."""
-    ctx, cfg = run.ctx, run.cfg
-    s2, train = cfg.train.stage2, cfg.train
-    class_text = text_state["text.cached"].to(ctx.device)  # (C, E)
-    model.text = None
-    model.set_stage(2)
-    model.train()
-    sampler = PKSampler(index.labels_to_keys(), identities=train.identities, instances=train.instances,
-                        world_size=ctx.world_size, seed=train.seed)
-    steps = sampler.steps_per_epoch()
-    engine, total = make_engine(run, model, param_groups(model, s2.lr, s2.weight_decay), s2, steps,
-                                train.micro_batch, "stage2")
-    pos = run.position
-    if pos.stage != 2:  # stage 2 starts here
-        pos.stage, pos.epoch, pos.step = 2, 0, 0
-    elif run.resume_tag is not None:
-        pos = run.position = Position.from_state(load_checkpoint(engine, ctx.run_dir, run.resume_tag,
-                                                                 ctx.rank)["xfd_position"])
-    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
-    pipeline = FramePipeline(tracklets=train.micro_batch, frames=cfg.data.num_frames,
-                             image_size=tuple(cfg.model.backbone.image_size), augment=cfg.data.augment,
-                             device_id=ctx.device.index if ctx.cuda else None,
-                             num_threads=cfg.data.dali_threads, seed=train.seed * 1_000_003 + ctx.rank)
-    loader = TrainLoader(index, sampler, pipeline, rank=ctx.rank, num_frames=cfg.data.num_frames, seed=train.seed,
-                         on_error=cfg.data.on_error, prefetch=cfg.data.prefetch, device=ctx.device)
-    progress = StageProgress(stage=2, total_steps=total, done_steps=max(pos.global_step - run.stage1_steps, 0),
-                             is_main=ctx.is_main, monitor=monitor_of(engine, ctx.is_main), log=run.log,
-                             log_every=train.log_every)
-    frames_per_batch = train.micro_batch * cfg.data.num_frames
-    start_epoch, start_step = pos.epoch, pos.step
-    with progress:  # the bar is closed however the loop ends, an error included
-        for epoch in range(start_epoch, s2.epochs):
-            start = start_step if epoch == start_epoch else 0
-            waited = loader.wait_seconds
-            for step, batch in enumerate(loader.batches(epoch, start), start=start):
-                if run.stopped():
-                    break
-                out = engine(batch.frames.to(dtype), batch.platform, batch.meta)
-                loss, parts = stage2_loss(out, batch.labels, class_text, cfg.train.loss)
-                wait, waited = loader.wait_seconds - waited, loader.wait_seconds
-                take_micro_step(run, engine, progress, loss, parts, epoch=epoch, step=step,
-                                batch_names=lambda: batch.keys, tracklets=train.micro_batch, frames=frames_per_batch,
-                                wait_seconds=wait)
-            if run.stopped():
-                break
-            pos.epoch, pos.step = epoch + 1, 0
-            last = epoch + 1 == s2.epochs
-            if train.validate_every and ((epoch + 1) % train.validate_every == 0 or last):
-                scalars = run_validation(run, engine.module)
-                if scalars is not None:
-                    progress.write(scalars, epoch=epoch + 1, step=0, global_step=pos.global_step)
-                    if ctx.is_main:
-                        progress.bar.write("validation after epoch {}: mAP {:.2f} ({})".format(
-                            epoch + 1, scalars["val/mAP"], ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in
-                                                                    scalars.items() if k.startswith("val/mAP/"))))
-                    if scalars["val/mAP"] > pos.best_map:
-                        pos.best_map = scalars["val/mAP"]
-                        export_model(run, engine.module, text_state, "best.safetensors", validation=scalars)
-            run.checkpoint(engine)
-    run.data_wait_share = progress.data_wait_share()
-    run.skips = loader.skips
-    export_model(run, engine.module, text_state, "model.safetensors")
-    release(engine)
+class ImageStage(Stage):
+    """Stage 2 for `fit`: the engine trains the image side of `model` (whose text features are cached)."""
+
+    number = 2
+
+    def __init__(self, run: Run, model, index: ShardIndex):
+        ctx, cfg = run.ctx, run.cfg
+        s2, train = cfg.train.stage2, cfg.train
+        self.run, self.loss_cfg = run, train.loss
+        self.class_text = model.text.cached_features().to(ctx.device)  # (C, E), fixed
+        model.set_stage(2)
+        model.train()
+        self.epochs, self.plan = s2.epochs, stage_batch(train, 2, ctx.world_size)
+        sampler = PKSampler(index.labels_to_keys(), identities=train.identities, instances=train.instances,
+                            world_size=ctx.world_size, seed=train.seed, accumulation=self.plan.accumulation)
+        self.steps_per_epoch = sampler.optimizer_steps_per_epoch()
+        groups = param_groups(model, s2.scaled_lr, s2.weight_decay, s2.weight_decay_bias)
+        self.engine = make_engine(run, model, groups, s2, self.plan, self.steps_per_epoch, "stage2")
+        self.dtype = torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
+        pipeline = FramePipeline(tracklets=self.plan.micro, frames=cfg.data.num_frames,
+                                 image_size=tuple(cfg.model.backbone.image_size), augment=cfg.data.augment,
+                                 device_id=ctx.device.index if ctx.cuda else None, num_threads=cfg.data.dali_threads,
+                                 seed=train.seed * 1_000_003 + ctx.rank)
+        self.loader = TrainLoader(index, sampler, pipeline, rank=ctx.rank, num_frames=cfg.data.num_frames,
+                                  seed=train.seed, on_error=cfg.data.on_error, prefetch=cfg.data.prefetch,
+                                  device=ctx.device)
+        self.gather = RankGather(ctx.world_size, ctx.rank)
+        self.tracklets, self.frames = self.plan.micro, self.plan.micro * cfg.data.num_frames
+
+    def batches(self, epoch: int, start: int):
+        return self.loader.batches(epoch, start)
+
+    def loss(self, batch):
+        out = self.engine(batch.frames.to(self.dtype), batch.platform, batch.meta, gather=self.gather)  # global
+        return stage2_loss(out, self.gather(batch.labels), self.class_text, self.loss_cfg)
+
+    def batch_names(self, batch) -> list[str]:
+        return batch.keys
+
+    def data_wait_seconds(self) -> float:
+        return self.loader.wait_seconds
+
+    def validate(self, epochs_done: int) -> dict[str, float] | None:
+        every = self.run.cfg.train.validate_every
+        if not every or (epochs_done % every and epochs_done != self.epochs):
+            return None
+        return run_validation(self.run, self.engine.module)
+
+    def keep_best(self, scalars: dict[str, float]) -> None:
+        export_model(self.run, self.engine.module, "best.safetensors", validation=scalars)
+
+    def finish(self):
+        """Writes model.safetensors; returns the loader's record of skipped tracklets."""
+        export_model(self.run, self.engine.module, "model.safetensors")
+        release(self.engine)
+        return self.loader.skips

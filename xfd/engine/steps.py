@@ -1,5 +1,5 @@
-"""What every training step shares: rank-averaged scalars, rank-averaged BatchNorm statistics, the non-finite-loss
-policy, RNG state files and the checkpoint position a step leaves behind."""
+"""What every training step shares: rank-averaged scalars, the non-finite-loss policy, RNG state files and the
+checkpoint position a step leaves behind."""
 
 from __future__ import annotations
 
@@ -28,28 +28,6 @@ def reduced_scalars(loss: torch.Tensor, parts: dict[str, torch.Tensor], world_si
     return dict(zip(names, values.tolist()))
 
 
-def average_batch_norm_statistics(module: torch.nn.Module, world_size: int) -> None:
-    """Replace every BatchNorm's running mean and variance by their mean over ranks (one all-reduce).
-
-    Each rank updates them from its own micro-batches and DeepSpeed (unlike DDP) never syncs buffers, so ranks
-    would hold different models, and a checkpoint (rank 0's module state) would hand rank 0's statistics to every
-    rank on resume: a resumed rank 1 would no longer be the uninterrupted one. (Retrieval features come before the
-    necks, so only eval-mode ID logits read these statistics.) Averaged after every optimizer step, all ranks hold
-    one model, its statistics estimated from the whole global batch."""
-    if world_size == 1 or not torch.distributed.is_initialized():
-        return
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-             and m.running_mean is not None]
-    stats = [t for m in norms for t in (m.running_mean, m.running_var)]
-    if not stats:
-        return
-    flat = torch.cat([t.reshape(-1).float() for t in stats])  # (sum of channels x 2,)
-    torch.distributed.all_reduce(flat)
-    flat /= world_size
-    for tensor, part in zip(stats, torch.split(flat, [t.numel() for t in stats])):
-        tensor.copy_(part.view_as(tensor))
-
-
 def nonfinite(scalars: dict[str, float]) -> bool:
     return not all(map(lambda v: v == v and abs(v) != float("inf"), scalars.values()))
 
@@ -71,6 +49,7 @@ class Position:
     micro_steps: int = 0
     skipped_nonfinite: int = 0
     best_map: float = -1.0  # best mean validation mAP so far (the best.safetensors it belongs to)
+    stage_start: int = 0  # global_step when the current stage began (its progress bar counts from there)
 
     def as_state(self) -> dict:
         return asdict(self)

@@ -10,6 +10,8 @@ Two feature streams run side by side, as in CLIP-ReID: the CLS feature ln_post(x
 and its CLIP projection (E: 768). Each stream has its own temporal pooler, neck and ID classifier.
 
     out = model(frames, platform, meta)      -> ReIDOutput (training: everything the losses need)
+    out = model(frames, platform, meta, gather=g)   -> the same for the global batch: pooled features of all ranks
+                                                       (g = xfd.engine.gather.RankGather), necks and heads on all
     feat = model.extract(frames, platform, meta, flip_tta=True)   -> (B, D + E), L2-normalised, no grad
     model.text(labels) / model.text.cache_features()              -> CLIP-ReID text features (B, E) / (C, E)
     model.set_stage(1 | 2)                    -> which parameters train (see `trainable_parameter_names`)
@@ -18,7 +20,7 @@ and its CLIP projection (E: 768). Each stream has its own temporal pooler, neck 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ from torch import nn
 from xfd.config import ExperimentConfig, ModelConfig
 from xfd.model.backbone import build_clip
 from xfd.model.encoder import FrameEncoder, resolve_block_indices
+from xfd.model.init import initialise_from
 from xfd.model.necks import build_neck, classifier, frozen_parameter_names
 from xfd.model.temporal import build_temporal_pool
 from xfd.model.text import TextBranch
@@ -36,12 +39,13 @@ BACKBONE_PREFIX = "encoder.visual."
 
 @dataclass
 class ReIDOutput:
-    """What one forward pass gives the losses."""
+    """What one forward pass gives the losses; with a `gather`, B is the global batch (every rank's rows). From the
+    pooled features on, everything is float32 (necks, logits), whatever the dtype the encoder runs in."""
 
     logits: Tuple[torch.Tensor, torch.Tensor]  # ID logits (B, C): CLS stream, projected stream (after the necks)
     features: Tuple[torch.Tensor, torch.Tensor]  # pooled features before the necks (B, D), (B, E): triplet
     image_features: torch.Tensor  # (B, E) pooled projected feature: i2t / t2i / i2tce against text features
-    frame_weights: torch.Tensor  # (B, L) temporal weights of the CLS stream (sum to 1 over L)
+    frame_weights: torch.Tensor  # (B_rank, L) temporal weights of the CLS stream on this rank (sum to 1 over L)
 
     @property
     def embedding(self) -> torch.Tensor:
@@ -100,11 +104,17 @@ class XfdReID(nn.Module):
 
     # ----- forward / extraction -------------------------------------------------------------------------------
 
-    def forward(self, frames: torch.Tensor, platform: torch.Tensor, meta: torch.Tensor) -> ReIDOutput:
+    def forward(self, frames: torch.Tensor, platform: torch.Tensor, meta: torch.Tensor,
+                gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> ReIDOutput:
+        """Training forward. `gather` joins the pooled features of all ranks before the necks, so that necks, heads
+        and the losses see the global batch (BatchNorm statistics included); None = this batch alone."""
         self.check_inputs(frames, platform, meta)
         cls_frames, proj_frames = self.encoder(frames, platform, meta)  # (B, L, D), (B, L, E)
         f_cls, w_cls = self.pool_cls(cls_frames, meta)  # (B, D), (B, L)
         f_proj, _ = self.pool_proj(proj_frames, meta)  # (B, E)
+        f_cls, f_proj = f_cls.float(), f_proj.float()  # the necks, heads and losses run in float32
+        if gather is not None:
+            f_cls, f_proj = gather(f_cls), gather(f_proj)  # (G, D), (G, E): every rank's rows, in rank order
         logits = (self.classifier_cls(self.neck_cls(f_cls)), self.classifier_proj(self.neck_proj(f_proj)))
         return ReIDOutput(logits=logits, features=(f_cls, f_proj), image_features=f_proj, frame_weights=w_cls)
 
@@ -167,7 +177,10 @@ class XfdReID(nn.Module):
 
 
 def build_model(cfg: ModelConfig | ExperimentConfig) -> XfdReID:
-    """The model a config describes (CLIP weights from `model.backbone.pretrained`, if set), in stage-2 layout."""
+    """The model a config describes (CLIP weights from `model.backbone.pretrained`, if set, then the fitting
+    tensors of `model.init_from`, if set), in stage-2 layout. `init_summary` says what `init_from` loaded."""
     if isinstance(cfg, ExperimentConfig):
         cfg = cfg.model
-    return XfdReID(cfg, build_clip(cfg.backbone))
+    model = XfdReID(cfg, build_clip(cfg.backbone))
+    model.init_summary = initialise_from(model, cfg.init_from) if cfg.init_from else None
+    return model

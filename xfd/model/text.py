@@ -33,7 +33,7 @@ class TextEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         t = tokens.shape[1]
         x = tokens + self.positional_embedding[:t].to(tokens.dtype)  # (B, T, W)
-        mask = self.attn_mask[:t, :t] if self.attn_mask is not None else None
+        mask = self.attn_mask[:t, :t].to(tokens.dtype) if self.attn_mask is not None else None
         x = self.ln_final(self.transformer(x, attn_mask=mask))  # (B, T, W)
         x = x[torch.arange(x.shape[0], device=x.device), eot_index]  # (B, W) end-of-text token
         if isinstance(self.text_projection, nn.Linear):
@@ -67,9 +67,9 @@ class PromptLearner(nn.Module):
         nn.init.normal_(self.ctx, std=0.02)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        b = labels.shape[0]
-        return torch.cat([self.prefix.expand(b, -1, -1), self.ctx[labels],
-                          self.suffix.expand(b, -1, -1)], dim=1)  # (B, T, W)
+        b, dtype = labels.shape[0], self.ctx.dtype  # the frozen buffers follow the trained vectors (bf16 engines)
+        return torch.cat([self.prefix.to(dtype).expand(b, -1, -1), self.ctx[labels],
+                          self.suffix.to(dtype).expand(b, -1, -1)], dim=1)  # (B, T, W)
 
 
 class TextBranch(nn.Module):
