@@ -48,3 +48,17 @@ def test_skip_training_replaces_the_data_of_an_earlier_demo_and_keeps_its_traine
     assert demo.main(args[:-2] + ["--workers", "2"]) == 0  # again: synthetic/ and shards/ are replaced
     assert _tree(out / "run") == run_before
     assert (out / "shards" / "dataset.json").is_file()
+
+
+def test_the_demo_reads_stage_2_id_accuracy_of_the_last_epoch_against_its_classes(tmp_path):
+    from xfd.config import dump_config, load_config
+    from xfd.plots import CsvScalarLog
+
+    (tmp_path / "config.yaml").write_text(dump_config(load_config("tiny.yaml", ["model.num_classes=40"])))
+    log = CsvScalarLog(tmp_path / "scalars.csv")
+    log.log(1, 3, 0, 1, {"acc": 0.9})  # stage 1's image-text accuracy is not the ID accuracy
+    for epoch, values in [(0, [0.0, 0.1]), (1, [0.5, 0.7])]:
+        for step, value in enumerate(values):
+            log.log(2, epoch, step, 10 + step, {"acc": value, "loss": 1.0})
+    accuracy, classes = demo.stage2_id_accuracy(tmp_path)
+    assert accuracy == pytest.approx(0.6) and classes == 40

@@ -104,6 +104,20 @@ def compare(untrained: dict, trained: dict) -> tuple[str, bool]:
     return "\n".join(lines), better
 
 
+def stage2_id_accuracy(run: Path) -> tuple[float, int]:
+    """The ID classifier's mean batch accuracy over stage 2's last epoch (scalars.csv) and the number of classes,
+    to read against chance (1 / classes)."""
+    from ..config import load_config
+    from ..plots import read_scalar_rows
+
+    rows = [row for row in read_scalar_rows(run / "scalars.csv") if row["stage"] == 2 and row["name"] == "acc"]
+    if not rows:
+        raise ValueError(f"{run / 'scalars.csv'}: no stage-2 accuracy logged")
+    last = max(row["epoch"] for row in rows)
+    values = [row["value"] for row in rows if row["epoch"] == last]
+    return sum(values) / len(values), load_config(run / "config.yaml").model.num_classes
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The synthetic dataset's options (shared with xfd-ablate)."""
     parser.add_argument("--ids", type=int, default=256,
@@ -171,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         untrained = json.loads((run / "eval-untrained" / "report.json").read_text())["plain"]
         trained = json.loads((run / "eval" / "report.json").read_text())["plain"]
         table, better = compare(untrained, trained)
+        accuracy, classes = stage2_id_accuracy(run)
+        print(f"\n== stage-2 ID accuracy over the last epoch: {accuracy:.3f} ({classes} identities: chance "
+              f"{1 / classes:.4f})")
         print("\n== trained vs untrained (test protocols, no re-ranking)\n" + table)
         if not better:
             print("xfd-demo: WARNING: training did not beat the untrained model on every protocol", flush=True)
