@@ -11,11 +11,12 @@ Also times a paired comparison (two rankings of the same queries) and the per-pr
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 from xfd.eval.bootstrap import BootstrapOptions, intervals, paired_difference, percentile_interval
+
+from timing import best_time  # bench/timing.py: scripts run from bench/
 
 
 def loop_bootstrap(values: np.ndarray, resamples: int, seed: int) -> list:
@@ -25,15 +26,6 @@ def loop_bootstrap(values: np.ndarray, resamples: int, seed: int) -> list:
     for b in range(resamples):
         draws[b] = values[rng.choice(values.shape[0], values.shape[0])].mean(axis=0)
     return percentile_interval(draws, 0.95)
-
-
-def best_time(fn, repeat: int):
-    best, result = np.inf, None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def main() -> None:

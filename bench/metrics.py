@@ -12,7 +12,6 @@ identical.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
@@ -21,14 +20,7 @@ from xfd.eval.reference import dense_rank_metrics
 from xfd.eval.distance import pairwise
 from xfd.eval.synthetic import reid_features
 
-
-def best_time(fn, repeat: int):
-    best, result = np.inf, None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+from timing import best_time  # bench/timing.py: scripts run from bench/
 
 
 def main() -> None:
