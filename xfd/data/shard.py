@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -106,8 +107,11 @@ def _inspect_frames(tracklet: Tracklet, max_frames: int, root: str, real_root: s
                     follow: bool) -> Tracklet | DataError:
     """Choose and stat the frames the shard will keep (set as `tracklet.stored`), refusing links that lead out
     of the dataset unless `follow` (then recording them). Runs in the workers, right after discovery; frames are
-    stat-ed relative to their folder (one name lookup each, as tar does)."""
+    stat-ed relative to their folder (one name lookup each, as tar does). The usual tracklet, all regular files,
+    is stat-ed in one `map`; any other goes frame by frame (`_stat_frames`), which says what is wrong where."""
     indices = stored_frame_indices(len(tracklet.frame_names), max_frames)
+    names = tracklet.frame_names if len(indices) == len(tracklet.frame_names) else \
+        [tracklet.frame_names[i] for i in indices]
     folder, links = tracklet.folder, []
 
     def check_link(path: str, what: str) -> None:
@@ -125,25 +129,40 @@ def _inspect_frames(tracklet: Tracklet, max_frames: int, root: str, real_root: s
         except OSError as error:
             raise DataError(folder, f"folder cannot be read ({error.strerror or error})") from None
         try:
-            stats = []
-            for name in (tracklet.frame_names[i] for i in indices):
-                try:
-                    status = os.lstat(name, dir_fd=folder_fd)
-                    if stat.S_ISLNK(status.st_mode):
-                        check_link(os.path.join(folder, name), "frame")
-                        status = os.stat(name, dir_fd=folder_fd)
-                except OSError as error:
-                    raise DataError(os.path.join(folder, name),
-                                    f"frame cannot be read ({error.strerror or error})") from None
-                if not stat.S_ISREG(status.st_mode):
-                    raise DataError(os.path.join(folder, name), "frame is not a regular file")
-                stats.append((status.st_size, status.st_mtime_ns))
+            try:
+                statuses = list(map(functools.partial(os.lstat, dir_fd=folder_fd), names))
+                regular = all(map(stat.S_ISREG, map(_MODE, statuses)))
+            except OSError:
+                regular = False
+            if not regular:  # a link, something else, or an error: frame by frame
+                statuses = _stat_frames(folder, folder_fd, names, check_link)
         finally:
             os.close(folder_fd)
     except DataError as error:
         return error
-    tracklet.stored = StoredFrames(indices, stats, links)
+    tracklet.stored = StoredFrames(indices, list(map(_SIZE, statuses)), list(map(_MTIME, statuses)), links)
     return tracklet
+
+
+_MODE, _SIZE, _MTIME = (operator.attrgetter(name) for name in ("st_mode", "st_size", "st_mtime_ns"))
+
+
+def _stat_frames(folder: str, folder_fd: int, names: Sequence[str], check_link) -> list[os.stat_result]:
+    """The frames' stats one by one, following links that `check_link` accepts; a DataError names the first
+    frame that cannot be read or is not a regular file."""
+    statuses = []
+    for name in names:
+        try:
+            status = os.lstat(name, dir_fd=folder_fd)
+            if stat.S_ISLNK(status.st_mode):
+                check_link(os.path.join(folder, name), "frame")
+                status = os.stat(name, dir_fd=folder_fd)
+        except OSError as error:
+            raise DataError(os.path.join(folder, name), f"frame cannot be read ({error.strerror or error})") from None
+        if not stat.S_ISREG(status.st_mode):
+            raise DataError(os.path.join(folder, name), "frame is not a regular file")
+        statuses.append(status)
+    return statuses
 
 
 # ---------------------------------------------------------------- planning
@@ -179,7 +198,7 @@ def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: Shar
     for tracklet in sorted(tracklets, key=lambda t: t.key):
         stored = tracklet.stored
         meta_json = _encode_json(sample_metadata(tracklet, split, layout, stored.indices))
-        sizes = [size for size, _ in stored.stats]
+        sizes = stored.sizes
         size = sum(sizes) + 512 * (len(sizes) + 2) + len(meta_json)
         full_by_count = options.shard_samples is not None and len(current.samples) >= options.shard_samples
         full_by_size = current.samples and current.estimated_bytes + size > limit_bytes
@@ -191,7 +210,7 @@ def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: Shar
         current.samples.append(PlannedSample(tracklet.key, tracklet.pid, tracklet.camid, tracklet.unknown, meta_json,
                                              tracklet.folder, names, sizes))
         current.estimated_bytes += size
-        _update_fingerprint(current, meta_json, stored.stats)
+        _update_fingerprint(current, meta_json, stored)
     if current.samples:
         shards.append(current)
     for shard in shards:
@@ -201,10 +220,10 @@ def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: Shar
     return shards
 
 
-def _update_fingerprint(shard: PlannedShard, meta_json: bytes, stats: list[tuple[int, int]]) -> None:
+def _update_fingerprint(shard: PlannedShard, meta_json: bytes, stored: StoredFrames) -> None:
     digest = hashlib.sha256(shard.fingerprint.encode())
     digest.update(meta_json)
-    digest.update(json.dumps(stats).encode())
+    digest.update(json.dumps(list(zip(stored.sizes, stored.mtimes))).encode())  # [[size, mtime], …]
     shard.fingerprint = digest.hexdigest()
 
 
