@@ -228,7 +228,8 @@ def _uniform(names: list[str]) -> tuple[list[str], bool]:
     """`names` in natural order, and whether they are ASCII and equal up to their digits (then plain string order
     is natural order)."""
     joined = "\0".join(names) + "\0"
-    uniform = joined.isascii() and joined.translate(_DIGIT_MASK) == (names[0].translate(_DIGIT_MASK) + "\0") * len(names)
+    first = names[0].translate(_DIGIT_MASK) + "\0"
+    uniform = joined.isascii() and joined.translate(_DIGIT_MASK) == first * len(names)
     return (sorted(names) if uniform else sorted(names, key=_natural_key)), uniform
 
 
