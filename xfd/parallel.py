@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
@@ -31,29 +32,35 @@ def worker_results(function: Callable, tasks: Iterable, workers: int, ordered: b
 
 class WorkerPool:
     """One set of worker processes for several rounds of work (`xfd-shard` reads folders, then stats frames,
-    then writes shards), so that the processes start once; with one worker everything runs in this process."""
+    then writes shards), so that the processes start once; with one worker everything runs in this process.
+
+    Built on `concurrent.futures.ProcessPoolExecutor`, whose one manager thread both waits for and reads the
+    results. (`multiprocessing.Pool`'s worker-handler thread wakes whenever a result is waiting to be read by
+    another thread, and so spins while the workers report: parent CPU taken from the workers on a small machine.)
+    """
 
     def __init__(self, workers: int):
         self.workers = workers
-        self._pool = None
+        self._executor = None
         if workers > 1:
-            self._pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers)
+            context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+            self._executor = ProcessPoolExecutor(workers, mp_context=context)
+            self._executor.submit(int).result()  # forks every worker now, before the caller starts threads
 
     def map(self, function: Callable, tasks: list, ordered: bool = True) -> Iterator:
         """`function(task)` for every task: in task order, or in completion order when not `ordered`."""
-        if self._pool is None:
+        if self._executor is None:
             return map(function, tasks)
-        chunksize = 1 if not ordered else max(1, len(tasks) // (self.workers * 16))  # small tasks go in batches
-        return (self._pool.imap if ordered else self._pool.imap_unordered)(function, tasks, chunksize=chunksize)
+        if ordered:  # small tasks go in batches
+            return self._executor.map(function, tasks, chunksize=max(1, len(tasks) // (self.workers * 16)))
+        return (future.result() for future in as_completed([self._executor.submit(function, task) for task in tasks]))
 
     def close(self, error: bool = False) -> None:
-        if self._pool is not None:
-            if error:
-                self._pool.terminate()
-            else:
-                self._pool.close()
-                self._pool.join()
-            self._pool = None
+        """Wait for the workers; after an error, first cancel the tasks not yet started (running ones finish, so
+        that no worker is left writing)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=error)
+            self._executor = None
 
 
 @contextmanager

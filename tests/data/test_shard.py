@@ -185,3 +185,19 @@ def test_direct_ustar_header_equals_tarfiles_byte_for_byte():
                        ("abc.json", 511), ("abc.0000.jpg", 512), ("x" * 100, 7)]:
         expected = _member(name, size).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
         assert ustar_header(name, size) == expected, name
+
+
+def test_frame_headers_equal_tarfiles_byte_for_byte():
+    """The batch builder (names sharing a key, octal digit sums from a table) against tarfile, at sizes that
+    cross each 12-bit slice up to ustar's largest (8 GiB - 1), names of exactly 100 bytes and 10000+ frames."""
+    from xfd.data.tar_members import _member, frame_headers
+
+    def expected(key, sizes):
+        width = max(4, len(str(len(sizes) - 1)))
+        return [_member(f"{key}.{j:0{width}d}.jpg", size).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+                for j, size in enumerate(sizes)]
+
+    sizes = [0, 1, 7, 511, 512, 4095, 4096, 5123, 8 ** 8 - 1, 8 ** 8, 16_777_215, 16_777_216, 8 ** 11 - 1]
+    for key, frame_sizes in [("0024_5453", sizes), ("k" * 90, sizes), ("k" * 91, sizes[:3]),
+                             ("0001_1", [3] * 10_001)]:
+        assert frame_headers(key, frame_sizes) == expected(key, frame_sizes), key

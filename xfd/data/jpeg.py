@@ -55,10 +55,14 @@ class JpegStructureChecker:
         self._headers: list[tuple[bytes, tuple[int, int], int]] = []  # (header bytes, size, restart interval)
 
     def __call__(self, data: bytes, item: str) -> tuple[int, int]:
-        _check_ends(data, item)
         for header, size, restart_interval in self._headers:
-            if data.startswith(header):
+            if data.startswith(header):  # SOI first, and the walk's state at the first scan's data is known
+                found = _SCAN_MARKER.search(data, len(header))
+                if found is not None and found.start() == len(data) - 2 and data[-1] == _EOI:
+                    return size  # the usual frame: one scan, its only marker the EOI at the end
+                _check_ends(data, item)
                 return _walk(data, item, len(header), size, restart_interval, True)
+        _check_ends(data, item)
         first_scan: list = []
         size = _walk(data, item, 2, None, 0, False, first_scan)
         if first_scan:

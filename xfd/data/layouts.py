@@ -35,11 +35,12 @@ _CASE_FOLDER = re.compile(r"^case\d+_[A-Za-z0-9_]+$")
 
 @dataclass
 class StoredFrames:
-    """What the shard tool learns of the frames it will keep: their indices in `frame_names`, (size, mtime) of
-    each, and the links it followed out of the dataset ((relative path, resolved path), with --follow-symlinks)."""
+    """What the shard tool learns of the frames it will keep: their indices in `frame_names`, the size and mtime
+    of each, and the links it followed out of the dataset ((relative path, resolved path), with --follow-symlinks)."""
 
     indices: Sequence[int]  # a range when every frame is kept
-    stats: list[tuple[int, int]]
+    sizes: list[int]
+    mtimes: list[int]  # st_mtime_ns
     links: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -136,22 +137,36 @@ def _detreidx_split_folders(root: Path) -> dict[str, Path]:
     return splits
 
 
-def _parse_frame_names(folder: Path, names: list[str], labelled: bool) -> tuple[DetReIDXFrame | None, int]:
+def _parse_key(name: str) -> tuple[tuple | str, str, bool]:
+    """What decides a frame name's parse, given the other frames' names: (key, head, reusable). Names with equal
+    keys parse alike when `reusable` (their last field, a frame counter, cannot change the result)."""
+    dot = name.rfind(".")
+    stem = name[:dot] if dot >= 0 else name
+    head, _, last = stem.rpartition("_")
+    fields = stem.count("_") + 1
+    reusable = bool(head) and fields not in (8, 9) and not (last[:1] in ("S", "G") and last[1:].isdigit())
+    return ((head, fields) if reusable else stem), head, reusable
+
+
+def _parse_frame_names(folder: Path, names: list[str], labelled: bool,
+                       uniform: bool = False) -> tuple[DetReIDXFrame | None, int]:
     """Parse every frame name of a tracklet; return the first frame's parse (None: an unlabelled tracklet whose
     names carry no metadata) and the number of distinct pids the names give. Frames must agree on the capture.
 
     Names of one tracklet usually differ only in a trailing frame counter, so a parse is reused for names equal
     up to their last field whenever that field cannot change the result (not an S<n>/G<n> field, not the angle of
-    a 9-field name): every name is still checked, at one parse per tracklet.
+    a 9-field name): every name is still checked, at one parse per tracklet. `uniform` names (equal up to their
+    digits, see `_frame_names`) that all begin with the first name's head share its parse key: that is checked
+    for the whole list at once.
     """
-    first_names: dict = {}  # parse key -> the first name with it (name order)
-    for name in names:
-        dot = name.rfind(".")
-        stem = name[:dot] if dot >= 0 else name
-        head, _, last = stem.rpartition("_")
-        fields = stem.count("_") + 1
-        reusable = head and fields not in (8, 9) and not (last[:1] in ("S", "G") and last[1:].isdigit())
-        first_names.setdefault((head, fields) if reusable else stem, name)
+    key, head, reusable = _parse_key(names[0])
+    if uniform and reusable and ("\0" + "\0".join(names)).count("\0" + head + "_") == len(names):
+        # same head, and every "_" and "." where the first name has them (equal up to digits): same key
+        first_names = {key: names[0]}
+    else:
+        first_names = {}  # parse key -> the first name with it (name order)
+        for name in names:
+            first_names.setdefault(_parse_key(name)[0], name)
     first, pids = None, set()
     for index, name in enumerate(first_names.values()):
         try:
@@ -174,6 +189,7 @@ def _parse_frame_names(folder: Path, names: list[str], labelled: bool) -> tuple[
 
 
 def _frame_entries(folder: Path) -> list[os.DirEntry]:
+    """The frames of a tracklet folder, in natural order, one check at a time (raising on the first bad entry)."""
     files = []
     for entry in _visible(_list_dir(folder)):
         if not _is_file(entry) or not entry.name.lower().endswith(_JPEG_SUFFIXES):
@@ -182,6 +198,39 @@ def _frame_entries(folder: Path) -> list[os.DirEntry]:
     if not files:
         raise DataError(str(folder), "empty tracklet (no .jpg frames)")
     return files
+
+
+def _frame_names(folder: Path) -> tuple[list[str], bool]:
+    """The frame names of a tracklet folder in natural order, and whether they are uniform (ASCII, equal up to
+    their digits: the usual zero-padded counters).
+
+    This runs for every tracklet of a dataset, so the usual folder is checked whole, at C speed, on its names
+    joined by NUL (which no file name contains): no hidden entry, every name ending in .jpg/.jpeg, every entry a
+    file. Any other folder takes `_frame_entries`' entry-by-entry path, which raises the same errors."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+        names = [entry.name for entry in entries]
+        joined = "\0" + "\0".join(names) + "\0"
+        lowered = joined.lower()
+        if not names or "\0." in joined or \
+                lowered.count(".jpg\0") + lowered.count(".jpeg\0") != len(names) or \
+                not all(map(os.DirEntry.is_file, entries)):
+            names = None
+    except OSError:
+        names = None
+    if names is None:
+        return _uniform([entry.name for entry in _frame_entries(folder)])
+    return _uniform(names)
+
+
+def _uniform(names: list[str]) -> tuple[list[str], bool]:
+    """`names` in natural order, and whether they are ASCII and equal up to their digits (then plain string order
+    is natural order)."""
+    joined = "\0".join(names) + "\0"
+    first = names[0].translate(_DIGIT_MASK) + "\0"
+    uniform = joined.isascii() and joined.translate(_DIGIT_MASK) == first * len(names)
+    return (sorted(names) if uniform else sorted(names, key=_natural_key)), uniform
 
 
 def _capture_meta(root: Path, folder: Path, first: DetReIDXFrame | None) -> dict:
@@ -204,10 +253,10 @@ def _labelled_tracklet(root: Path, pid_folder: str, folder: Path, camid_rule: st
     pid_prefix = tracklet_name.split("_", 1)[0]
     if not pid_prefix.isdigit() or int(pid_prefix) != int(pid_folder):
         raise DataError(str(folder), f"tracklet folder must be named <pid>_<id> with pid {pid_folder}")
-    files = _frame_entries(folder)
-    first, pid_count = _parse_frame_names(folder, [e.name for e in files], labelled=True)
+    names, uniform = _frame_names(folder)
+    first, pid_count = _parse_frame_names(folder, names, labelled=True, uniform=uniform)
     if first.pid != int(pid_folder) or pid_count != 1:
-        pids = sorted({parse_detreidx_frame(e.name).pid for e in files})
+        pids = sorted({parse_detreidx_frame(name).pid for name in names})
         raise DataError(str(folder), f"tracklet with several pids or a pid other than its folder's: {pids}")
     _check_key(tracklet_name, str(folder))
     return Tracklet(
@@ -216,7 +265,7 @@ def _labelled_tracklet(root: Path, pid_folder: str, folder: Path, camid_rule: st
         camid=detreidx_camid(first, camid_rule),
         platform=first.platform,
         folder=str(folder),
-        frame_names=[e.name for e in files],
+        frame_names=names,
         meta=_capture_meta(root, folder, first),
     )
 
@@ -242,8 +291,8 @@ def unlabelled_key(name: str) -> str:
 def _unlabelled_tracklet(root: Path, split: str, folder: Path, camid_rule: str) -> Tracklet:
     """A tracklet of a split whose folders carry no trustworthy identity: any folder name, pid unknown, whatever
     the frame names say kept, what they do not say recorded in `unknown`."""
-    files = _frame_entries(folder)
-    first, _ = _parse_frame_names(folder, [e.name for e in files], labelled=False)
+    names, uniform = _frame_names(folder)
+    first, _ = _parse_frame_names(folder, names, labelled=False, uniform=uniform)
     unknown = ["pid"]
     if first is None:
         unknown.append("name_metadata")
@@ -267,7 +316,7 @@ def _unlabelled_tracklet(root: Path, split: str, folder: Path, camid_rule: str) 
     if platform == "aerial" and meta["height"] is None:
         unknown.append("capture")
     return Tracklet(key=unlabelled_key(folder.name), pid=None, camid=camid, platform=platform,
-                    folder=str(folder), frame_names=[e.name for e in files], meta=meta, unknown=tuple(unknown))
+                    folder=str(folder), frame_names=names, meta=meta, unknown=tuple(unknown))
 
 
 def _tracklet(root: Path, split: str, group: str, folder: Path, camid_rule: str, labelled: bool, inspect):

@@ -1,13 +1,14 @@
 """Writing WebDataset shard sets of tracklets (`xfd-shard`).
 
 One sample per tracklet: `<key>.json` (metadata) then `<key>.0000.jpg …` (frame JPEG bytes, copied, never
-re-encoded unless a resize is asked). The run has four steps, the middle two and the last spread over the worker
-processes: discover the tracklets (folder listings, name parsing) and stat the frames to keep (sizes, links), plan
-the shards from those sizes (so the same input always gives the same shards), and write each shard (members built
-by `tar_members.py`) to a temporary name, hashed while written, then renamed; threads of this process fsync the
-finished shards meanwhile. The manifest is rewritten (atomically) as shards finish, so `--resume` after a kill
-skips every shard whose file still matches its recorded sha256 and plan, and ends with the same bytes as an
-uninterrupted run. What may be written where, and what a full disk says, is `output.py`'s.
+re-encoded unless a resize is asked). The run has four steps: discover the tracklets (folder listings, name
+parsing) and stat the frames to keep (sizes, links), both in the worker processes; plan the shards from those sizes
+(so the same input always gives the same shards), split after split in this process while the workers already
+write the shards planned; and write each shard (members built by `tar_members.py`) to a temporary name, hashed
+while written, then renamed; threads of this process fsync the finished shards meanwhile. The manifest is
+rewritten (atomically) as shards finish, so `--resume` after a kill skips every shard whose file still matches its
+recorded sha256 and plan, and ends with the same bytes as an uninterrupted run. What may be written where, and what
+a full disk says, is `output.py`'s.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -106,8 +108,11 @@ def _inspect_frames(tracklet: Tracklet, max_frames: int, root: str, real_root: s
                     follow: bool) -> Tracklet | DataError:
     """Choose and stat the frames the shard will keep (set as `tracklet.stored`), refusing links that lead out
     of the dataset unless `follow` (then recording them). Runs in the workers, right after discovery; frames are
-    stat-ed relative to their folder (one name lookup each, as tar does)."""
+    stat-ed relative to their folder (one name lookup each, as tar does). The usual tracklet, all regular files,
+    is stat-ed in one `map`; any other goes frame by frame (`_stat_frames`), which says what is wrong where."""
     indices = stored_frame_indices(len(tracklet.frame_names), max_frames)
+    names = tracklet.frame_names if len(indices) == len(tracklet.frame_names) else \
+        [tracklet.frame_names[i] for i in indices]
     folder, links = tracklet.folder, []
 
     def check_link(path: str, what: str) -> None:
@@ -125,25 +130,40 @@ def _inspect_frames(tracklet: Tracklet, max_frames: int, root: str, real_root: s
         except OSError as error:
             raise DataError(folder, f"folder cannot be read ({error.strerror or error})") from None
         try:
-            stats = []
-            for name in (tracklet.frame_names[i] for i in indices):
-                try:
-                    status = os.lstat(name, dir_fd=folder_fd)
-                    if stat.S_ISLNK(status.st_mode):
-                        check_link(os.path.join(folder, name), "frame")
-                        status = os.stat(name, dir_fd=folder_fd)
-                except OSError as error:
-                    raise DataError(os.path.join(folder, name),
-                                    f"frame cannot be read ({error.strerror or error})") from None
-                if not stat.S_ISREG(status.st_mode):
-                    raise DataError(os.path.join(folder, name), "frame is not a regular file")
-                stats.append((status.st_size, status.st_mtime_ns))
+            try:
+                statuses = list(map(functools.partial(os.lstat, dir_fd=folder_fd), names))
+                regular = all(map(stat.S_ISREG, map(_MODE, statuses)))
+            except OSError:
+                regular = False
+            if not regular:  # a link, something else, or an error: frame by frame
+                statuses = _stat_frames(folder, folder_fd, names, check_link)
         finally:
             os.close(folder_fd)
     except DataError as error:
         return error
-    tracklet.stored = StoredFrames(indices, stats, links)
+    tracklet.stored = StoredFrames(indices, list(map(_SIZE, statuses)), list(map(_MTIME, statuses)), links)
     return tracklet
+
+
+_MODE, _SIZE, _MTIME = (operator.attrgetter(name) for name in ("st_mode", "st_size", "st_mtime_ns"))
+
+
+def _stat_frames(folder: str, folder_fd: int, names: Sequence[str], check_link) -> list[os.stat_result]:
+    """The frames' stats one by one, following links that `check_link` accepts; a DataError names the first
+    frame that cannot be read or is not a regular file."""
+    statuses = []
+    for name in names:
+        try:
+            status = os.lstat(name, dir_fd=folder_fd)
+            if stat.S_ISLNK(status.st_mode):
+                check_link(os.path.join(folder, name), "frame")
+                status = os.stat(name, dir_fd=folder_fd)
+        except OSError as error:
+            raise DataError(os.path.join(folder, name), f"frame cannot be read ({error.strerror or error})") from None
+        if not stat.S_ISREG(status.st_mode):
+            raise DataError(os.path.join(folder, name), "frame is not a regular file")
+        statuses.append(status)
+    return statuses
 
 
 # ---------------------------------------------------------------- planning
@@ -179,7 +199,7 @@ def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: Shar
     for tracklet in sorted(tracklets, key=lambda t: t.key):
         stored = tracklet.stored
         meta_json = _encode_json(sample_metadata(tracklet, split, layout, stored.indices))
-        sizes = [size for size, _ in stored.stats]
+        sizes = stored.sizes
         size = sum(sizes) + 512 * (len(sizes) + 2) + len(meta_json)
         full_by_count = options.shard_samples is not None and len(current.samples) >= options.shard_samples
         full_by_size = current.samples and current.estimated_bytes + size > limit_bytes
@@ -191,7 +211,7 @@ def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: Shar
         current.samples.append(PlannedSample(tracklet.key, tracklet.pid, tracklet.camid, tracklet.unknown, meta_json,
                                              tracklet.folder, names, sizes))
         current.estimated_bytes += size
-        _update_fingerprint(current, meta_json, stored.stats)
+        _update_fingerprint(current, meta_json, stored)
     if current.samples:
         shards.append(current)
     for shard in shards:
@@ -201,10 +221,10 @@ def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: Shar
     return shards
 
 
-def _update_fingerprint(shard: PlannedShard, meta_json: bytes, stats: list[tuple[int, int]]) -> None:
+def _update_fingerprint(shard: PlannedShard, meta_json: bytes, stored: StoredFrames) -> None:
     digest = hashlib.sha256(shard.fingerprint.encode())
     digest.update(meta_json)
-    digest.update(json.dumps(stats).encode())
+    digest.update(json.dumps(list(zip(stored.sizes, stored.mtimes))).encode())  # [[size, mtime], …]
     shard.fingerprint = digest.hexdigest()
 
 
@@ -380,30 +400,38 @@ def shard_dataset(source: Path, out: Path, options: ShardOptions, workers: int =
         if "train" in splits:
             hold_out_val(splits, options.val_ids, options.val_seed)
         num_classes = assign_train_labels(splits)
-        plans = {split: plan_split(split, tracklets, layout, options) for split, tracklets in splits.items()}
-        for split in splits:
-            if not plans[split]:
+        for split, tracklets in splits.items():
+            if not tracklets:
                 raise DataError(f"{source} [{split}]", "split is empty: no tracklet left to shard")
         prepare_output(out, overwrite, resume)
         links = {split: [link for t in tracklets for link in t.stored.links] for split, tracklets in splits.items()}
-        return _write_splits(pool, source, out, layout, options, plans, links, num_classes, skips, resume, progress)
+        return _write_splits(pool, source, out, layout, options, splits, links, num_classes, skips, resume,
+                             progress)
 
 
-def _write_splits(pool, source: Path, out: Path, layout: str, options: ShardOptions, plans: dict, links: dict,
+def _write_splits(pool, source: Path, out: Path, layout: str, options: ShardOptions, splits: dict, links: dict,
                   num_classes: int, skips: SkipLog, resume: bool, progress: bool) -> ShardRunResult:
+    """Plan each split and hand its shards to the workers, split after split: the workers write the first
+    split's shards while this process plans the next (the pool takes every task before any result is read)."""
     entries: dict[str, list[dict]] = {}
-    tasks = []
-    reused = 0
-    for split, planned in plans.items():
-        folder = split_folder(out, split)
-        with disk_full_named(folder):
-            folder.mkdir(parents=True, exist_ok=True)
-        keep = _reusable_entries(folder, planned) if resume else {}
-        _remove_stale(folder, planned)
-        entries[split] = list(keep.values())
-        reused += len(keep)
-        tasks += [(shard, folder, options, str(source)) for shard in planned if shard.name not in keep]
-    tasks.sort(key=lambda task: -task[0].estimated_bytes)  # biggest first: workers finish together
+    plans: dict[str, list[PlannedShard]] = {}
+    counts = {"written": 0, "reused": 0}
+
+    def tasks():
+        for split, tracklets in splits.items():
+            plans[split] = planned = plan_split(split, tracklets, layout, options)
+            folder = split_folder(out, split)
+            with disk_full_named(folder):
+                folder.mkdir(parents=True, exist_ok=True)
+            keep = _reusable_entries(folder, planned) if resume else {}
+            _remove_stale(folder, planned)
+            entries[split] = list(keep.values())
+            counts["reused"] += len(keep)
+            bar.update(sum(len(shard.samples) for shard in planned if shard.name in keep))
+            todo = [shard for shard in planned if shard.name not in keep]
+            todo.sort(key=lambda shard: -shard.estimated_bytes)  # biggest first: the workers finish together
+            counts["written"] += len(todo)
+            yield from ((shard, folder, options, str(source)) for shard in todo)
 
     def manifest_for(split: str, complete: bool) -> dict:
         skipped = skips.for_split(split) + [record for e in entries[split] for record in e["skipped"]]
@@ -415,7 +443,7 @@ def _write_splits(pool, source: Path, out: Path, layout: str, options: ShardOpti
         with disk_full_named(path):  # a hint for --resume, which re-checks it: compact and unsynced
             write_bytes_atomic(path, json.dumps(manifest, sort_keys=True).encode(), sync=False)
 
-    listed = dict.fromkeys(plans, 0)
+    listed = dict.fromkeys(splits, 0)
 
     def note_progress(split: str) -> None:
         """Rewrite the split's interim manifest after each shard while there are few, then after every ~6 %
@@ -424,11 +452,11 @@ def _write_splits(pool, source: Path, out: Path, layout: str, options: ShardOpti
             listed[split] = len(entries[split])
             write_interim_manifest(split, manifest_for(split, complete=False))
 
-    total_samples = sum(len(shard.samples) for shard, _, _, _ in tasks)
+    total_samples = sum(len(tracklets) for tracklets in splits.values())
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="xfd-shard-sync") as syncing, \
             tqdm(total=total_samples, unit="tracklet", desc="xfd-shard", disable=not progress) as bar:
         synced = []
-        for split, result in pool.map(_write_shard_task, tasks, ordered=False):
+        for split, result in pool.map(_write_shard_task, tasks(), ordered=False):
             synced.append(syncing.submit(sync_file, split_folder(out, split) / result["name"]))
             entries[split].append(result)
             note_progress(split)
@@ -457,4 +485,4 @@ def _write_splits(pool, source: Path, out: Path, layout: str, options: ShardOpti
                        for split in sorted(plans)},
             "skipped": all_skips.as_manifest(),
         })
-    return ShardRunResult(layout, manifests, written=len(tasks), reused=reused)
+    return ShardRunResult(layout, manifests, written=counts["written"], reused=counts["reused"])

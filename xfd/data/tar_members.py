@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from .errors import DataError
 from .jpeg import check_jpeg_structure
@@ -94,14 +94,30 @@ def ustar_header(name: str, size: int) -> bytes:
     return _HEADER % (encoded.ljust(100, b"\0"), size, _CHECKSUM_CONSTANT + sum(encoded) + sum(b"%011o" % size))
 
 
+_OCTAL_DIGITS_SUM = tuple(sum(b"%04o" % value) - 4 * ord("0") for value in range(8 ** 4))  # of 12 bits
+
+
+def frame_headers(key: str, sizes: Sequence[int]) -> list[bytes]:
+    """The ustar headers of a sample's frame members `<key>.0000.jpg …` of these sizes (what `ustar_header` gives
+    each), built together: the names share all but their counter, and a size's octal digit sum comes from a table
+    (sizes below 8 GiB: 33 bits, three 12-bit slices)."""
+    width = max(4, len(str(len(sizes) - 1)))
+    if not key.isascii() or len(key) + width + 5 > 100 or (sizes and max(sizes) >= 8 ** 11):
+        return [ustar_header(f"{key}.{j:0{width}d}.jpg", size) for j, size in enumerate(sizes)]
+    prefix, table = key.encode("ascii"), _OCTAL_DIGITS_SUM
+    names = [b"%s.%0*d.jpg" % (prefix, width, j) for j in range(len(sizes))]
+    base = _CHECKSUM_CONSTANT + 11 * ord("0")  # the size field's 11 digits, before their values
+    return [_HEADER % (name.ljust(100, b"\0"), size,
+                       base + sum(name) + table[size & 0o7777] + table[size >> 12 & 0o7777] + table[size >> 24])
+            for name, size in zip(names, sizes)]
+
+
 def sample_bytes(sample: PlannedSample, resize=None, resize_quality: int = 95, check=check_jpeg_structure) -> bytes:
     """The tar members of one sample, json first, then the frames in order, as one block of bytes.
 
     The loop below runs once per frame of the whole dataset, so it does the least it can: frames opened relative
-    to their folder, read in one call, header walks shared by the tracklet (`check`), headers formatted in one
-    step, paddings taken from a table."""
-    width = max(4, len(str(len(sample.names) - 1)))
-    names = [f"{sample.key}.{j:0{width}d}.jpg" for j in range(len(sample.names))]
+    to their folder and read in one call, header walks shared by the tracklet (`check`), headers built together
+    from the planned sizes (a frame of another size is refused), paddings taken from a table."""
     parts = [ustar_header(f"{sample.key}.json", len(sample.meta_json)), sample.meta_json,
              _PADDING[len(sample.meta_json) % _BLOCK]]
     append = parts.append
@@ -110,8 +126,8 @@ def sample_bytes(sample: PlannedSample, resize=None, resize_quality: int = 95, c
     except OSError as error:
         raise DataError(sample.folder, f"folder cannot be read ({error.strerror or error})") from None
     try:
-        for member, name, size in zip(names, sample.names, sample.sizes):
-            if resize is None:
+        if resize is None:
+            for header, name, size in zip(frame_headers(sample.key, sample.sizes), sample.names, sample.sizes):
                 try:
                     fd = os.open(name, os.O_RDONLY, dir_fd=folder_fd)
                     try:
@@ -121,13 +137,18 @@ def sample_bytes(sample: PlannedSample, resize=None, resize_quality: int = 95, c
                 except OSError:
                     data = None
                 if data is None or len(data) != size:
-                    data = _read_frame(folder_fd, sample.folder, name, size, resize, resize_quality, check)  # raises, naming it
+                    data = _read_frame(folder_fd, sample.folder, name, size, None, 0, check)  # raises, naming it
                 check(data, name)
-            else:
-                data = _read_frame(folder_fd, sample.folder, name, size, resize, resize_quality, check)
-            append(ustar_header(member, len(data)))
-            append(data)
-            append(_PADDING[len(data) % _BLOCK])
+                append(header)
+                append(data)
+                append(_PADDING[size % _BLOCK])
+        else:
+            frames = [_read_frame(folder_fd, sample.folder, name, size, resize, resize_quality, check)
+                      for name, size in zip(sample.names, sample.sizes)]
+            for header, data in zip(frame_headers(sample.key, [len(data) for data in frames]), frames):
+                append(header)
+                append(data)
+                append(_PADDING[len(data) % _BLOCK])
     except DataError as error:  # `check` names the frame by its file name alone; give its path
         if error.item in sample.names:
             raise DataError(os.path.join(sample.folder, error.item), error.rule) from None
