@@ -1,7 +1,7 @@
 """Benchmark: bootstrap intervals of mAP and rank-1 over queries (xfd.eval.bootstrap), vectorised, against the plain
 loop over resamples that a first implementation would write, on the same per-query values in the same run.
 
-    python bench/bootstrap.py                      # 10k queries x 1,000 resamples (the issue's bar: < 2 s)
+    python bench/bootstrap.py                      # 10k queries x 1,000 resamples (the goal: < 2 s)
     python bench/bootstrap.py --queries 100000 --resamples 2000
 
 Also times a paired comparison (two rankings of the same queries) and the per-protocol + mean + pooled intervals

@@ -1,7 +1,7 @@
 """Benchmark: exact k-reciprocal re-ranking into the metrics — torchreid-style dense form, xfd on 1 rank, xfd on R
 ranks and the GEMM floor side by side, with predicted against measured peak memory.
 
-    python bench/rerank.py                  # everything below, in one run (about 20-30 minutes on 2 cores)
+    python bench/rerank.py                  # everything below, in one run (about 12 minutes on 2 quiet cores)
     python bench/rerank.py --only floor     # N = 20k, d = 1024 (q = 2k): xfd vs the GEMM floor, 3 difficulties
     python bench/rerank.py --only dense     # N = 20k, d = 256: xfd vs the dense form (about 9 GB, 1-2 minutes)
     python bench/rerank.py --only large     # N = 200k, d = 1024 (q = 10k): 1 rank and R ranks
@@ -13,7 +13,7 @@ resident set (VmHWM, reset once the features exist, so it includes them), next t
 timed from a barrier to its metrics; the slowest rank's time is reported. Distances of R ranks are compared with
 the 1-rank run block by block (a checksum per block) and their metrics must be identical.
 
-The floor is the issue's: half of one N×N GEMM plus one q×g GEMM, at this machine's BLAS rate — measured with
+The floor: half of one N×N GEMM plus one q×g GEMM, at this machine's BLAS rate — measured with
 every BLAS thread on a warm (4096 × d)·(d × 8192) product, before and after the runs (the faster rate is used, so
 the ratio errs high). On a shared machine the wall-clock ratio follows the other jobs, so each run also prints its
 CPU seconds (all threads, all ranks) against the floor GEMMs' CPU seconds: the ratio a quiet machine would give when
