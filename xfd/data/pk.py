@@ -7,7 +7,10 @@ batch is a property of the global step, not of a rank, so the recipe is the same
 Epoch plan (a pure function of seed and epoch; the world size plays no part):
 - every identity's tracklets are shuffled and cut into chunks of K; a last partial chunk is completed with other
   tracklets of the identity, and an identity with fewer than K tracklets repeats some of them;
-- the epoch has ceil(chunks / P) steps, about len(tracklets) / (P·K) as reference identity samplers count it;
+- the epoch has ceil(chunks / P) steps: len(tracklets) / (P·K) when every identity's count is a multiple of K,
+  more when partial chunks are completed (the demo's 6 tracklets an identity with K = 4 give 2 chunks each: 60
+  steps where len(tracklets) / (P·K) is 45). Reference identity samplers (CLIP-ReID's RandomIdentitySampler)
+  drop the partial chunk instead (30 steps there), leaving tracklets out of every epoch; here each one is seen;
 - each step draws P distinct identities, each with probability proportional to its chunks not yet used, and takes
   the next chunk of each. When fewer than P identities have chunks left, the step is completed with fresh random
   chunks of other identities, so every step is full (a fixed batch shape for DALI and DeepSpeed); chunks still
