@@ -61,7 +61,7 @@ def plan_batch(global_batch: int, world_size: int, max_micro: int = 0, group: in
         raise BatchSizeError(f"{what}: {global_batch} is not a multiple of its group size {group}")
     options = _accumulations(global_batch, world_size, group)
     if not options:
-        working = [w for w in divisors(global_batch)]
+        working = divisors(global_batch)
         below = [w for w in working if w < world_size]
         above = [w for w in working if w > world_size]
         nearest = " or ".join(str(w) for w in ([below[-1]] if below else []) + ([above[0]] if above else []))

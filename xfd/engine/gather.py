@@ -18,13 +18,18 @@ import torch
 import torch.distributed as dist
 
 
+def _all_rows(rows: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Every rank's `rows`, concatenated in rank order: (world x B, ...)."""
+    parts = [torch.empty_like(rows) for _ in range(world_size)]
+    dist.all_gather(parts, rows.contiguous())
+    return torch.cat(parts)
+
+
 class _GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows: torch.Tensor, world_size: int, rank: int) -> torch.Tensor:
-        parts = [torch.empty_like(rows) for _ in range(world_size)]
-        dist.all_gather(parts, rows.contiguous())
         ctx.world_size, ctx.rank, ctx.count = world_size, rank, rows.shape[0]
-        return torch.cat(parts)  # (world x B, ...)
+        return _all_rows(rows, world_size)  # (world x B, ...)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -43,7 +48,5 @@ class RankGather:
         if self.world_size == 1:
             return rows
         if not rows.is_floating_point():
-            parts = [torch.empty_like(rows) for _ in range(self.world_size)]
-            dist.all_gather(parts, rows.contiguous())
-            return torch.cat(parts)
+            return _all_rows(rows, self.world_size)
         return _GatherRows.apply(rows, self.world_size, self.rank)

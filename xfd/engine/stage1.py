@@ -103,9 +103,9 @@ class PromptStage(Stage):
     def batch_names(self, rows) -> list[str]:
         return [f"label {int(v)}" for v in self.labels[rows]]
 
-    def finish(self) -> dict[str, torch.Tensor]:
-        """Every identity's text feature cached in the model (`text.cached`); the text branch's state (prefixed
-        `text.`), also written to text_features.safetensors for a stage-2 resume."""
+    def finish(self) -> None:
+        """Cache every identity's text feature in the model (`text.cached`) and write the text branch's state
+        (prefixed `text.`) to text_features.safetensors, which a stage-2 resume loads."""
         ctx = self.run.ctx
         self.text.eval()
         self.text.cache_features()  # (C, E), computed by every rank (ZeRO-3 gathers the weights)
@@ -114,7 +114,6 @@ class PromptStage(Stage):
             write_bytes_atomic(text_state_path(ctx.run_dir), save(state))
         ctx.barrier()
         release(self.engine)
-        return state
 
 
 def load_text_state(run_dir: Path) -> dict[str, torch.Tensor]:
