@@ -38,13 +38,6 @@ def rank_device(local_rank: int, cuda: bool) -> torch.device:
     return torch.device("cuda", local_rank) if cuda else torch.device("cpu")
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def check_world(world_size: int, what: str) -> None:
     """A collective for `world_size` ranks needs an initialised process group of exactly that size."""
     if world_size == 1:

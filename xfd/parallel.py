@@ -44,8 +44,9 @@ class WorkerPool:
 
 @contextmanager
 def worker_pool(workers: int) -> Iterator[WorkerPool]:
-    """A WorkerPool closed and joined on a normal exit, terminated on an error. Open it before starting threads
-    (tqdm's monitor), so that no thread is running when the workers fork."""
+    """A WorkerPool closed and joined on a normal exit; on an error its tasks not yet started are cancelled and the
+    running ones finish before the error goes on. Open it before starting threads (tqdm's monitor), so that no
+    thread is running when the workers fork."""
     pool = WorkerPool(workers)
     try:
         yield pool

@@ -187,12 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         evaluate(args)
-    except (ValueError, OSError) as error:  # bad model file, config or data (DataError): named in the message
+    except (ValueError, OSError, RankFailure) as error:  # bad model file, config or data (DataError), or another
+        # rank that failed, died or stalled: each named in the message
         print(f"launcher/evaluate.py: error{rank_label()}: {error}", file=sys.stderr)
-        return 2
-    except RankFailure as error:  # another rank failed, died or stalled: named in the message
-        print(f"launcher/evaluate.py: error{rank_label()}: {error}", file=sys.stderr)
-        return 3
+        return 3 if isinstance(error, RankFailure) else 2
     return 0
 
 

@@ -105,14 +105,9 @@ class FramePipeline:
                  seed: int = 0):
         self.tracklets, self.frames, self.augment = tracklets, frames, augment
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.seed, self.device_id = seed, device_id
+        self.seed = seed
         self.device = pipeline_device(device_id)
         self._pipe = self._build(tracklets * frames, device_id, num_threads, seed)
-
-    @property
-    def train(self) -> bool:
-        """True when the pipeline augments (training)."""
-        return self.augment is not None
 
     def _build(self, batch_size: int, device_id: int | None, num_threads: int, seed: int):
         from nvidia.dali import fn, pipeline_def, types

@@ -70,12 +70,6 @@ def complete_manifest(folder: str | Path) -> dict:
     return manifest
 
 
-def shard_set_urls(folder: str | Path) -> list[str]:
-    """Shard paths of a complete shard set, in manifest order."""
-    folder = Path(folder)
-    return [str(shard_path(folder, entry)) for entry in complete_manifest(folder)["shards"]]
-
-
 def _split_by_rank(urls, rank: int, world_size: int):
     """Shard i goes to rank i mod world_size (the global rank, so nothing assumes a single node)."""
     for index, url in enumerate(urls):

@@ -63,7 +63,7 @@ class ShardCheck:
     pids: set = field(default_factory=set)
 
 
-def _check_sample(shard: str, key: str, members: list[tuple[str, bytes]], check: ShardCheck, entry: dict,
+def _check_sample(shard: str, key: str, members: list[tuple[str, bytes]], check: ShardCheck, manifest_pid,
                   labelled: bool) -> None:
     where = f"{shard} [{key}]"
     json_members = [data for ext, data in members if ext == "json"]
@@ -91,8 +91,7 @@ def _check_sample(shard: str, key: str, members: list[tuple[str, bytes]], check:
         return
     if meta.get("key") != key or len(meta.get("frame_names", [])) != len(frames) or not frames:
         check.problems.append(f"{where}: metadata key/frame count does not match the members")
-    pid_of = dict(zip(entry.get("keys", []), entry.get("pids", [])))
-    for rule in (lambda: check_sample_identity(where, key, meta, pid_of.get(key), labelled),
+    for rule in (lambda: check_sample_identity(where, key, meta, manifest_pid, labelled),
                  lambda: check_bins(where, meta)):
         try:
             rule()
@@ -117,6 +116,7 @@ def verify_shard(path: Path, entry: dict, labelled: bool = True) -> ShardCheck:
     if sha256_of_file(path) != entry.get("sha256"):
         check.problems.append(f"{path}: sha256 differs from the manifest")
     keys_seen: list[str] = []
+    pid_of = dict(zip(entry.get("keys", []), entry.get("pids", [])))  # the manifest's pid of each key
     current_key, current = None, []
     try:
         with tarfile.open(path, mode="r:") as tar:
@@ -128,14 +128,14 @@ def verify_shard(path: Path, entry: dict, labelled: bool = True) -> ShardCheck:
                 key, extension = split_member_name(member.name)
                 if key != current_key:
                     if current_key is not None:
-                        _check_sample(path.name, current_key, current, check, entry, labelled)
+                        _check_sample(path.name, current_key, current, check, pid_of.get(current_key), labelled)
                     if key in keys_seen:
                         check.problems.append(f"{path}: duplicate sample key {key!r}")
                     keys_seen.append(key)
                     current_key, current = key, []
                 current.append((extension, tar.extractfile(member).read()))
             if current_key is not None:
-                _check_sample(path.name, current_key, current, check, entry, labelled)
+                _check_sample(path.name, current_key, current, check, pid_of.get(current_key), labelled)
     except (tarfile.TarError, EOFError, OSError) as error:
         check.problems.append(f"{path}: unreadable or truncated tar ({error})")
         return check

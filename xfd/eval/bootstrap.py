@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 CHUNK_ELEMENTS = 1 << 22  # indices drawn at once (32 MB of int64)
+POOLED_STRATUM = 10_000  # the pooled figures' resamples: a stream of their own, apart from the protocols'
 
 
 @dataclass(frozen=True)

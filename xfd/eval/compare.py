@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xfd.eval.bootstrap import BootstrapOptions, PairedDifference, paired_difference
+from xfd.eval.bootstrap import POOLED_STRATUM, BootstrapOptions, PairedDifference, paired_difference
 
 FINAL = "final"
 RANKINGS = (FINAL, "plain", "reranked")
@@ -29,9 +29,6 @@ class Comparison:
     a: dict[str, float]  # FIGURES of A
     b: dict[str, float]  # FIGURES of B
     diffs: dict[str, PairedDifference]
-
-    def significant(self, figure: str = "mAP", alpha: float = SIGNIFICANCE) -> bool:
-        return self.diffs[figure].p_value < alpha
 
     def to_dict(self) -> dict:
         return {"name": self.name, "queries": self.queries, "a": self.a, "b": self.b,
@@ -116,7 +113,7 @@ def compare_sections(a: dict, b: dict, options: BootstrapOptions = BootstrapOpti
     if len(names) > 1:
         comparisons.append(Comparison(f"mean of {len(names)} protocols", total, *figures([0], values)))
         comparisons.append(Comparison(f"pooled over {total} queries", total,
-                                      *figures([10_000], values, pooled=True)))
+                                      *figures([POOLED_STRATUM], values, pooled=True)))
     return comparisons
 
 

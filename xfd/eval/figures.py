@@ -16,7 +16,6 @@ from xfd.atomic import write_bytes_atomic
 from xfd.eval.conditions import ALL, ConditionRow
 from xfd.eval.score import PLAIN, RERANKED, Results
 
-RANKING_WORDS = {PLAIN: "plain", RERANKED: "re-ranked"}
 
 
 LEGEND_WIDTH = 2.4  # inches kept right of the axes for the legend (a fixed layout: no second "tight" render)

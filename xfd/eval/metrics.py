@@ -30,7 +30,7 @@ from xfd.eval.validate import check_labels
 
 AP_MODES = ("noninterpolated", "trapezoid")
 DEFAULT_MAX_RANK = 50
-MATCH, JUNK = 1, 2  # item kinds in match_ranks' scratch array
+MATCH, JUNK = 1, 2  # item kinds in ranked_matches' scratch array
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,6 @@ class GalleryLabels:
         same_pid = self._order[self._starts[at] : self._stops[at]]
         same_cam = self.camids[same_pid] == camid
         return same_pid[~same_cam], same_pid[same_cam]
-
-
-def match_ranks(distances: np.ndarray, matches: np.ndarray, junk: np.ndarray,
-                candidates: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
-    """1-based ranks, among non-junk items, of `matches` in one query's ranking (ascending by distance, index)."""
-    return ranked_matches(distances, matches, junk, candidates, scratch)[1]
 
 
 def ranked_matches(distances: np.ndarray, matches: np.ndarray, junk: np.ndarray,

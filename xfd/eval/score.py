@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from xfd.eval.bootstrap import BootstrapOptions, Interval, intervals
+from xfd.eval.bootstrap import POOLED_STRATUM, BootstrapOptions, Interval, intervals
 from xfd.eval.conditions import ConditionRow, condition_rows
 from xfd.eval.distance import distance_stream
 from xfd.eval.metrics import DEFAULT_MAX_RANK, QueryScores, RankingAccumulator, RankMetrics
@@ -41,7 +41,6 @@ PLAIN, RERANKED = "plain", "reranked"
 SUMMARY_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 INTERVAL_KEYS = ("mAP", "rank1")
 DEFAULT_TOP = 10  # best gallery rows kept per query: the challenge CSV's 10 names
-POOLED_STRATUM = 10_000  # the pooled figures' resamples: a stream of their own, apart from the protocols'
 
 DistanceBlocks = Iterator[tuple[np.ndarray, np.ndarray]]  # (query indices (b,), (b, G) host distances)
 
