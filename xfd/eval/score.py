@@ -29,7 +29,8 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from xfd.eval.bootstrap import POOLED_STRATUM, BootstrapOptions, Interval, intervals
+from xfd.eval.bootstrap import (POOLED_STRATUM, BootstrapOptions, Interval, percentile_interval, resampled_means,
+                                stratum_rng)
 from xfd.eval.conditions import ConditionRow, condition_rows
 from xfd.eval.distance import distance_stream
 from xfd.eval.metrics import DEFAULT_MAX_RANK, QueryScores, RankingAccumulator, RankMetrics
@@ -154,12 +155,14 @@ def score(protocols: Mapping[str, ProtocolData] | Iterable[ProtocolData], option
     outcomes = {name: _score_protocol(data, options, team, times) for name, data in protocols.items()}
 
     start = time.perf_counter()
-    strata = {name: i for i, name in enumerate(protocols)}
-    for name, p in outcomes.items():
-        if p.scored:
-            outcomes[name] = replace(p, intervals=_intervals([_values(p.queries)], options.bootstrap, strata[name]))
+    # each scored protocol's resampled (mAP, rank-1) means, drawn once: its own intervals and the mean's
+    draws = {name: resampled_means(_values(p.queries), options.bootstrap.resamples,
+                                   stratum_rng(options.bootstrap, stratum))
+             for stratum, (name, p) in enumerate(outcomes.items()) if p.scored}  # (B, 2) each
+    for name, protocol_draws in draws.items():
+        outcomes[name] = replace(outcomes[name], intervals=_interval_dict(protocol_draws, options.bootstrap))
     scored = {name: p for name, p in outcomes.items() if p.scored}
-    mean = _mean(scored, options) if scored else None
+    mean = _mean(scored, draws, options) if scored else None
     pooled = _pooled(scored, options) if scored else None
     conditions = condition_rows({n: protocols[n] for n in scored}, {n: p.queries for n, p in scored.items()},
                                 options.ap_mode, options.bootstrap, options.min_condition_queries) \
@@ -229,15 +232,17 @@ def _values(scores: QueryScores) -> np.ndarray:
     return np.stack([scores.ap[valid], (scores.first_match[valid] == 1).astype(float)], axis=1)
 
 
-def _intervals(strata: list[np.ndarray], bootstrap: BootstrapOptions, first_stratum: int) -> dict[str, Interval]:
-    return dict(zip(INTERVAL_KEYS, intervals(strata, bootstrap, first_stratum)))
+def _interval_dict(draws: np.ndarray, bootstrap: BootstrapOptions) -> dict[str, Interval]:
+    return dict(zip(INTERVAL_KEYS, percentile_interval(draws, bootstrap.level)))
 
 
-def _mean(scored: dict[str, ProtocolScore], options: ScoreOptions) -> Overall:
+def _mean(scored: dict[str, ProtocolScore], draws: dict[str, np.ndarray], options: ScoreOptions) -> Overall:
+    """The mean of the scored protocols; its intervals from the protocols' own resamples (a stratified bootstrap,
+    each protocol's queries resampled on their own)."""
     summaries = [p.summary() for p in scored.values()]
     shared = [key for key in SUMMARY_KEYS if all(key in s for s in summaries)]  # rank10 needs max_rank >= 10
     values = {key: float(np.mean([s[key] for s in summaries])) for key in shared}
-    ci = _intervals([_values(p.queries) for p in scored.values()], options.bootstrap, 0)
+    ci = _interval_dict(np.mean([draws[name] for name in scored], axis=0), options.bootstrap)
     return Overall("mean", f"mean of {len(scored)} protocols", values, ci, len(scored),
                    sum(p.metrics.num_valid for p in scored.values()))
 
@@ -250,5 +255,7 @@ def _pooled(scored: dict[str, ProtocolScore], options: ScoreOptions) -> Overall:
     values = {"mAP": float(ap.mean())}
     values.update({f"rank{k}": float(np.mean(first <= k)) for k in (1, 5, 10) if k <= options.max_rank})
     values["mINP"] = float(inp.mean())
-    ci = _intervals([np.stack([ap, (first == 1).astype(float)], axis=1)], options.bootstrap, POOLED_STRATUM)
+    draws = resampled_means(np.stack([ap, (first == 1).astype(float)], axis=1), options.bootstrap.resamples,
+                            stratum_rng(options.bootstrap, POOLED_STRATUM))  # (B, 2)
+    ci = _interval_dict(draws, options.bootstrap)
     return Overall("pooled", f"pooled over {ap.size} queries", values, ci, len(scored), int(ap.size))
