@@ -67,6 +67,13 @@ def array_module(x) -> ModuleType:
     return np
 
 
+def sparse_module(xp) -> ModuleType:
+    """scipy.sparse for NumPy arrays, cupyx.scipy.sparse (the same API) for CuPy arrays."""
+    if xp is np:
+        return importlib.import_module("scipy.sparse")
+    return importlib.import_module("cupyx.scipy.sparse")
+
+
 def is_numpy(xp: ModuleType) -> bool:
     return xp is np
 

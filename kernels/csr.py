@@ -74,15 +74,3 @@ def segment_ids(lengths):
     ends = xp.cumsum(lengths)
     total = int(ends[-1]) if ends.size else 0
     return xp.searchsorted(ends, xp.arange(total, dtype=xp.int64), side="right")
-
-
-def expand_segments(starts, lengths):
-    """Enumerate positions starts[s] .. starts[s] + lengths[s] - 1 for every segment s, in order.
-
-    Returns (segment, position), both (sum(lengths),) int64.
-    """
-    xp = array_module(starts)
-    segment = segment_ids(lengths)
-    first = xp.cumsum(lengths) - lengths  # where each segment begins in the output
-    position = starts[segment] + (xp.arange(segment.shape[0], dtype=xp.int64) - first[segment])
-    return segment, position

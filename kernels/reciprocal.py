@@ -20,7 +20,7 @@ import numpy as np
 
 from .backend import array_module
 from .csr import SparseRows, concatenate_rows, from_lengths
-from .workers import run_all
+from .workers import even_chunks, run_all
 
 ROWS_PER_CHUNK = 2048
 MARK_BYTES = {"numpy": 1 << 25, "cupy": 1 << 30}  # budget of the (rows, N + 1) membership flags
@@ -31,18 +31,22 @@ def half_length(k1: int) -> int:
     return int(np.around(k1 / 2.0)) + 1
 
 
-def reciprocal_mask(rank, length: int, chunk_rows: int = ROWS_PER_CHUNK, rows: tuple[int, int] | None = None):
+def reciprocal_mask(rank, length: int, chunk_rows: int = ROWS_PER_CHUNK, rows: tuple[int, int] | None = None,
+                    workers: int = 1):
     """(r, length) bool for rows start..stop-1 (default all): mask[i, m] is True when row i appears in the first
-    `length` entries of row rank[i, m]."""
+    `length` entries of row rank[i, m]. `workers` threads share the row chunks (NumPy)."""
     xp = array_module(rank)
     first, last = rows or (0, rank.shape[0])
     heads = rank[:, :length]
     mask = xp.empty((last - first, length), dtype=bool)
-    for start in range(first, last, chunk_rows):
-        stop = min(start + chunk_rows, last)
+
+    def chunk(bounds: tuple[int, int]) -> None:
+        start, stop = bounds
         back = heads[heads[start:stop]]  # (c, length, length): the neighbours' own lists
         own = xp.arange(start, stop, dtype=rank.dtype)[:, None, None]
         mask[start - first : stop - first] = (back == own).any(axis=2)
+
+    run_all(chunk, even_chunks(first, last, workers if xp is np else 1, chunk_rows), workers if xp is np else 1)
     return mask
 
 
@@ -57,8 +61,10 @@ def expanded_reciprocal_sets(rank, k1: int, chunk_rows: int | None = None, rows:
     full, half = k1 + 1, half_length(k1)
     if rank.shape[1] < full:
         raise ValueError(f"rank holds {rank.shape[1]} neighbours per row; k1 = {k1} needs {full}")
-    mutual = reciprocal_mask(rank, full, rows=(first, last))  # (r, k1+1)
-    half_mutual = reciprocal_mask(rank, half)  # (N, h): R½(c) for any neighbour c
+    if xp is not np:
+        workers = 1
+    mutual = reciprocal_mask(rank, full, rows=(first, last), workers=workers)  # (r, k1+1)
+    half_mutual = reciprocal_mask(rank, half, workers=workers)  # (N, h): R½(c) for any neighbour c
     lonely = xp.flatnonzero(~mutual.any(axis=1))
     if lonely.size:
         raise ValueError(
@@ -68,20 +74,18 @@ def expanded_reciprocal_sets(rank, k1: int, chunk_rows: int | None = None, rows:
     # Marks: one row of N+1 flags per row of a chunk; column N is the padding slot and always reads False.
     budget = MARK_BYTES["numpy" if xp is np else "cupy"]
     chunk_rows = chunk_rows or max(1, min(ROWS_PER_CHUNK, budget // (n + 1)))
-    if xp is not np:
-        workers = 1
 
     half_lists = xp.ascontiguousarray(rank[:, :half])  # (N, h): rows gathered whole below
     local = threading.local()  # one flag array per thread, cleared after each chunk (a fresh one costs page faults)
 
-    def chunk(start: int) -> SparseRows:
-        stop = min(start + chunk_rows, last)
+    def chunk(bounds: tuple[int, int]) -> SparseRows:
+        start, stop = bounds
         if getattr(local, "marks", None) is None:
             local.marks = xp.zeros((min(chunk_rows, last - first), n + 1), dtype=bool)
         return _expand_chunk(rank, half_lists, mutual[start - first : stop - first], half_mutual, start, stop,
                              local.marks)
 
-    return concatenate_rows(run_all(chunk, range(first, last, chunk_rows), workers), xp)
+    return concatenate_rows(run_all(chunk, even_chunks(first, last, workers, chunk_rows), workers), xp)
 
 
 def _expand_chunk(rank, half_lists, mutual, half_mutual, start: int, stop: int, marks) -> SparseRows:

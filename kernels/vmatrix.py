@@ -12,8 +12,8 @@ features by the same expression as the blocked distances.
 
 from __future__ import annotations
 
-from .backend import array_module, stable_argsort
-from .csr import SparseRows, concatenate_rows, expand_segments, from_lengths
+from .backend import array_module, sparse_module, stable_argsort
+from .csr import SparseRows, concatenate_rows
 from .distance import pair_distances
 from .graph import NeighbourLists
 
@@ -64,34 +64,35 @@ def local_query_expansion(v: SparseRows, rank, k2: int, chunk_rows: int = 4096,
                           rows: tuple[int, int] | None = None) -> SparseRows:
     """V_qe[i] = mean of V rows rank[i, :k2] for rows start..stop-1 (default all; identity for k2 == 1).
 
+    A sparse product: (c, N) 0/1 rows selecting each row's k2 neighbours, times V (N, N), summed in float64 in
+    ascending neighbour order (scipy.sparse / cupyx.scipy.sparse), then divided by k2 and rounded to V's dtype.
     `v` holds all N rows. Each output row depends on its neighbours' V rows alone, not on the range or chunks.
     """
     first, last = rows or (0, v.n_rows)
     if k2 == 1:
         return v if (first, last) == (0, v.n_rows) else v.rows(first, last)
     xp = array_module(rank)
+    sparse = sparse_module(xp)
     n = v.n_rows
+    v_matrix = sparse.csr_matrix((v.data.astype(xp.float64), v.indices, v.indptr), shape=(n, n))
     parts = []
     for start in range(first, last, chunk_rows):
         stop = min(start + chunk_rows, last)
-        neighbours = rank[start:stop, :k2].reshape(-1)  # (c·k2,) pair p belongs to local row p // k2
-        begin = v.indptr[neighbours]
-        pair, position = expand_segments(begin, v.indptr[neighbours + 1] - begin)
-        key = (pair // k2) * n + v.indices[position]
-        unique_keys, inverse = xp.unique(key, return_inverse=True)
-        sums = xp.bincount(inverse.reshape(-1), weights=v.data[position], minlength=unique_keys.shape[0])
-        local_rows = unique_keys // n
-        lengths = xp.bincount(local_rows, minlength=stop - start)
-        parts.append(from_lengths(lengths, unique_keys % n, (sums / k2).astype(v.data.dtype)))
+        c = stop - start
+        neighbours = xp.sort(rank[start:stop, :k2], axis=1).reshape(-1)  # (c·k2,) sorted rows: what cuSPARSE needs
+        select = sparse.csr_matrix((xp.ones(c * k2), neighbours, xp.arange(0, c * k2 + 1, k2)), shape=(c, n))
+        sums = select @ v_matrix  # (c, N) float64
+        sums.sort_indices()
+        parts.append(SparseRows(sums.indptr.astype(xp.int64), sums.indices.astype(xp.int64),
+                                (sums.data / k2).astype(v.data.dtype)))
     return concatenate_rows(parts, xp)
 
 
 def inverted_index(v: SparseRows, first_row: int, n_cols: int) -> SparseRows:
-    """For each column t, the rows j >= first_row (numbered from 0 = first_row) with V[j, t] != 0, and V[j, t]."""
+    """For each column t, the rows j >= first_row (numbered from 0 = first_row) with V[j, t] != 0, and V[j, t]:
+    the transpose of those rows, by the sparse module's counting sort (rows ascending within a column)."""
     xp = array_module(v.indices)
-    lo = int(v.indptr[first_row])
-    cols = v.indices[lo:]
-    rows = v.row_ids()[lo:] - first_row
-    order = xp.argsort(cols * (v.n_rows - first_row) + rows)  # distinct keys: by column, rows ascending
-    lengths = xp.bincount(cols, minlength=n_cols)
-    return from_lengths(lengths, rows[order], v.data[lo:][order])
+    gallery = v.rows(first_row, v.n_rows)
+    by_column = sparse_module(xp).csr_matrix((gallery.data, gallery.indices, gallery.indptr),
+                                             shape=(gallery.n_rows, n_cols)).tocsc()
+    return SparseRows(by_column.indptr.astype(xp.int64), by_column.indices.astype(xp.int64), by_column.data)

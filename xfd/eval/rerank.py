@@ -42,9 +42,9 @@ from xfd.kernels.jaccard import blend, blend_pairs, min_intersection, shared_pai
 from xfd.kernels.reciprocal import expanded_reciprocal_sets
 from xfd.kernels.topk import TopKState, merge_states
 from xfd.kernels.vmatrix import inverted_index, local_query_expansion, reciprocal_weights
-from xfd.kernels.workers import available_cpus, run_all, run_ordered, single_threaded_blas
+from xfd.kernels.workers import available_cpus, even_chunks, run_all, run_ordered, single_threaded_blas
 
-ROWS_PER_TASK = 4096  # rows of R*, V and V_qe per worker task
+ROWS_PER_TASK = 4096  # at most this many rows of V and V_qe per worker task
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def build_index(q_feats: np.ndarray, g_feats: np.ndarray, k1: int, k2: int, devi
 
     with team.step("R* and V"):
         sets = expanded_reciprocal_sets(rank, k1, rows=(lo, hi), workers=workers)  # R*(i) of this rank's rows
-        chunks = [(start, min(start + ROWS_PER_TASK, hi - lo)) for start in range(0, hi - lo, ROWS_PER_TASK)]
+        chunks = even_chunks(0, hi - lo, workers, ROWS_PER_TASK)
 
         def v_rows(rows: tuple[int, int]) -> SparseRows:
             part = NeighbourLists(lists.indices[rows[0] : rows[1]], lists.distances[rows[0] : rows[1]], column_max)
