@@ -11,7 +11,8 @@ Every run is its own subprocess on features regenerated from the seed; peak memo
 resident set (VmHWM, reset once the features exist, so it includes them), next to the planner's prediction
 (`xfd.eval.rerank_memory`). R ranks are R processes of a gloo process group (as `torchrun` starts them), each
 timed from a barrier to its metrics; the slowest rank's time is reported. Distances of R ranks are compared with
-the 1-rank run block by block (a checksum per block) and their metrics must be identical.
+the 1-rank run block by block (a CRC-32 per block) and their metrics must be identical; the benchmark's own checks
+(those CRCs, the copy written for the dense comparison) are timed apart and left out of the reported time.
 
 The floor: half of one N×N GEMM plus one q×g GEMM, at this machine's BLAS rate — measured with
 every BLAS thread on a warm (4096 × d)·(d × 8192) product, before and after the runs (the faster rate is used, so
@@ -25,7 +26,6 @@ identity sizes).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import socket
@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -159,18 +160,22 @@ def run_xfd(args) -> dict:
     times = RerankTimes()
     accumulator = RankingAccumulator(qp, qc, gp, gc)
     digests = {}
+    checking, checking_cpu = 0.0, 0.0  # the benchmark's own checks (digests, copies): not re-ranking, subtracted
     for indices, block in k_reciprocal_stream(qf, gf, args.k1, args.k2, args.lam, device=args.device, team=team,
                                               times=times, workers=workers, to_host=args.device == "cpu"):
         if args.device == "cpu":
             accumulator.update(indices, block)
-            digests[int(indices[0])] = hashlib.blake2b(np.ascontiguousarray(block).tobytes(),
-                                                       digest_size=8).hexdigest()
+        check_start, check_cpu = time.perf_counter(), time.process_time()
+        if args.device == "cpu":
+            digests[int(indices[0])] = zlib.crc32(np.ascontiguousarray(block).data)  # a checksum per block
         if args.out and world == 1:
             with open(args.out, "ab") as handle:
                 handle.write(np.ascontiguousarray(block).tobytes())
+        checking += time.perf_counter() - check_start
+        checking_cpu += time.process_time() - check_cpu
     metrics = QueryScores.merge(team.gather_objects(accumulator.queries())).metrics().to_dict() \
         if args.device == "cpu" else {}
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    elapsed, cpu = time.perf_counter() - start - checking, time.process_time() - cpu - checking_cpu
     return {"rank": team.rank, "world": world, "time_s": elapsed, "cpu_s": cpu, "peak_gib": _peak_gib(),
             "predicted_gib": memory.host_bytes / 2**30, "steps": times.steps, "digests": digests,
             "metrics": {k: v for k, v in metrics.items() if k != "cmc"}, "cmc": metrics.get("cmc")}

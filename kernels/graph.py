@@ -29,7 +29,7 @@ import numpy as np
 
 from .backend import array_module
 from .distance import PreparedRows, check_metric, distance_block, distance_tile, prepare_rows, squared_norms
-from .topk import TopKState, empty_state, is_full, merge_block, merge_states
+from .topk import TopKState, is_full, merge_block, merge_states, settled, working_state
 from .workers import run_all
 
 DEFAULT_BLOCK = {"numpy": 1024, "cupy": 16384}
@@ -105,7 +105,7 @@ def knn_graph(features, k: int, metric: str = "sqeuclidean", block_size: int | N
     block_size = block_size or default_block_size(xp, n)
     tiles = graph_tiles(n, block_size) if tiles is None else tiles
     sq_norms = squared_norms(features) if sq_norms is None else sq_norms
-    state = empty_state(n, k, features.dtype, xp)
+    state = working_state(n, k, features.dtype, xp)
     column_max = xp.full(n, -xp.inf, dtype=features.dtype)
     locks = {start: threading.Lock() for start in range(0, n, block_size)}  # one per row block of the state
     local = threading.local()
@@ -134,6 +134,7 @@ def knn_graph(features, k: int, metric: str = "sqeuclidean", block_size: int | N
                 on_block(1)
 
     run_all(tile, tiles, workers if xp is np else 1)
+    state = settled(state)
     return NeighbourLists(indices=state.indices, distances=state.values, column_max=column_max)
 
 
@@ -180,7 +181,7 @@ def _rows_pass(prepared: PreparedRows, columns, column_sq, k: int, metric: str, 
     """Row blocks × column blocks, columns ascending: the non-symmetric blocked top-k and column maxima."""
     xp = array_module(columns)
     n, m = prepared.scaled.shape[0], columns.shape[0]
-    state = empty_state(n, k, columns.dtype, xp)
+    state = working_state(n, k, columns.dtype, xp)
     column_max = xp.full(m, -xp.inf, dtype=columns.dtype)
     buffer = xp.empty(min(block_size, n) * min(block_size, m), dtype=columns.dtype)
     for row_start in range(0, n, block_size):
@@ -195,7 +196,7 @@ def _rows_pass(prepared: PreparedRows, columns, column_sq, k: int, metric: str, 
             column_max[col_start:col_stop] = xp.maximum(column_max[col_start:col_stop], block.max(axis=0))
             if on_block is not None:
                 on_block(1)
-    return state, column_max
+    return settled(state), column_max
 
 
 def _redo_short_rows(state: TopKState, prepared: PreparedRows, columns, column_sq, metric: str,

@@ -11,6 +11,10 @@ into the rows it covers. The CUDA kernel (`topk.cu`) and its NumPy twin (`merge_
 arrive in any order (ties are settled by comparing (value, index) pairs, not by arrival), so a rank or a thread can
 merge any subset of a row's blocks, and partial states merge exactly (`merge_states`).
 
+On the CPU, float32 states are worked on as one sorted 64-bit key per entry (`PackedTopK`, from `working_state`):
+a merge then packs only the block's candidates and merges them into the kept keys, instead of re-packing and
+re-sorting every kept entry each time. `settled()` turns any state into plain (values, indices).
+
 The NumPy twin bounds a row it has not filled yet by the k-th smallest of a slice of the block's row (an upper bound
 on the k-th of the merged result, so nothing the contract keeps is lost) before it collects candidates: the first
 block a row meets then passes about k·(width / slice) candidates, not the whole row.
@@ -48,6 +52,54 @@ def is_full(state: TopKState) -> object:
     return state.indices[:, -1] >= 0
 
 
+PACKED_ROW_BITS, PACKED_COLUMN_BITS = 11, 21  # + 32 value bits = one 64-bit key
+PACKED_MAX_ROWS = 1 << PACKED_ROW_BITS  # block rows merged at once (the row sits in the key's top bits)
+NO_COLUMN = (1 << PACKED_COLUMN_BITS) - 1  # stands for index -1 (an empty slot) in a packed key
+ENTRY_MASK = np.uint64((1 << (32 + PACKED_COLUMN_BITS)) - 1)  # a key without its row bits
+
+
+@dataclass
+class PackedTopK:
+    """A float32 top-k state as keys (order-preserving value bits) << 21 | column, ascending per row; an empty slot
+    is (+inf, NO_COLUMN). The same contract as `TopKState`; `values` and `indices` are decoded copies."""
+
+    keys: np.ndarray  # (n, k) uint64
+
+    @property
+    def k(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def values(self) -> np.ndarray:
+        return _unpack(self.keys)[0]
+
+    @property
+    def indices(self) -> np.ndarray:
+        return _unpack(self.keys)[1]
+
+    def kth_values(self, rows: slice) -> np.ndarray:
+        """(rows,) float32 k-th value of each row (+inf while the row is not full)."""
+        return _unpack(self.keys[rows, -1])[0]
+
+    def settled(self) -> TopKState:
+        values, indices = _unpack(self.keys)
+        return TopKState(values, indices)
+
+
+def working_state(n: int, k: int, dtype, xp=np):
+    """The state to merge blocks into: packed keys for float32 on the CPU (when the columns fit the key), else a
+    `TopKState`. Call `settled(state)` for the plain form."""
+    if xp is np and np.dtype(dtype) == np.float32 and n < NO_COLUMN:
+        empty = _pack(np.zeros(1, dtype=np.int64), np.array([np.inf], dtype=np.float32), np.array([-1]))
+        return PackedTopK(np.full((n, k), empty[0], dtype=np.uint64))
+    return empty_state(n, k, dtype, xp)
+
+
+def settled(state) -> TopKState:
+    """The plain (values, indices) form of a working state."""
+    return state.settled() if isinstance(state, PackedTopK) else state
+
+
 def merge_block(state: TopKState, block, row_start: int, col_start: int, bound=None) -> None:
     """Fold `block` (rows row_start.., columns col_start..) into `state` in place; NumPy or CuPy by `block`."""
     if array_module(block) is np:
@@ -63,8 +115,14 @@ def merge_block_numpy(state: TopKState, block: np.ndarray, row_start: int, col_s
     """NumPy twin of `topk_merge_*` in topk.cu (see the module docstring for the contract)."""
     n_rows, n_cols = block.shape
     k = state.k
+    packed = isinstance(state, PackedTopK)
+    if packed and n_rows > PACKED_MAX_ROWS:  # the row must fit the key's row bits: merge in row slices
+        for first in range(0, n_rows, PACKED_MAX_ROWS):
+            merge_block_numpy(state, block[first : first + PACKED_MAX_ROWS], row_start + first, col_start, bound)
+        return
     rows = slice(row_start, row_start + n_rows)
-    threshold = state.values[rows, k - 1].copy()  # (n_rows,) current k-th value (+inf while not full)
+    # (n_rows,) current k-th value (+inf while not full)
+    threshold = state.kth_values(rows) if packed else state.values[rows, k - 1].copy()
     if bound is not None:
         np.minimum(threshold, bound[rows], out=threshold)
     open_rows = np.flatnonzero(threshold == np.inf)
@@ -72,7 +130,6 @@ def merge_block_numpy(state: TopKState, block: np.ndarray, row_start: int, col_s
         width = min(n_cols, max(FIRST_BOUND_COLUMNS, 2 * k))
         head = block[open_rows, :width]  # (o, width): the k-th of a subset bounds the k-th of the whole row
         threshold[open_rows] = np.partition(head, k - 1, axis=1)[:, k - 1]
-    packed = state.values.dtype == np.float32 and n_rows <= PACKED_MAX_ROWS and state.values.shape[0] < NO_COLUMN
     cand_rows, cand_cols = _candidates(block, threshold, grouped=not packed)
     if cand_rows.size == 0:
         return
@@ -98,31 +155,25 @@ def merge_block_numpy(state: TopKState, block: np.ndarray, row_start: int, col_s
     state.indices[row_start + touched] = np.take_along_axis(table_indices, order, axis=1)
 
 
-PACKED_ROW_BITS, PACKED_COLUMN_BITS = 11, 21  # + 32 value bits = one 64-bit key
-PACKED_MAX_ROWS = 1 << PACKED_ROW_BITS
-NO_COLUMN = (1 << PACKED_COLUMN_BITS) - 1  # stands for index -1 (an empty slot) in a packed key
-
-
-def _merge_packed(state: TopKState, block: np.ndarray, row_start: int, col_start: int, cand_rows: np.ndarray,
+def _merge_packed(state: PackedTopK, block: np.ndarray, row_start: int, col_start: int, cand_rows: np.ndarray,
                   cand_cols: np.ndarray) -> None:
-    """float32 merge by one sort: every touched row's k kept entries and its candidates become 64-bit keys
-    (row, order-preserving value bits, column), so a single 1-D sort orders each row by (value, index) and groups
-    the rows; the first k of each row are the new state row (the same result as the table sort)."""
+    """Merge the candidates into the kept keys of the rows they touch: both sides are sorted runs of keys
+    (row, value bits, column), so one merge of two runs orders every touched row by (value, index), and the first k
+    of each row are its new keys."""
     k = state.k
     counts = np.bincount(cand_rows, minlength=block.shape[0])
     touched = np.flatnonzero(counts)
     compact = np.zeros(block.shape[0], dtype=np.int64)
     compact[touched] = np.arange(touched.size)
-    kept = _pack(np.arange(touched.size)[:, None], state.values[row_start + touched],
-                 state.indices[row_start + touched])  # (t, k)
+    row_bits = np.uint64(32 + PACKED_COLUMN_BITS)
+    kept = state.keys[row_start + touched]  # (t, k) ascending per row
+    kept |= np.arange(touched.size, dtype=np.uint64)[:, None] << row_bits  # ... and from row to row
     fresh = _pack(compact[cand_rows], block[cand_rows, cand_cols], col_start + cand_cols)  # (c,)
-    keys = np.concatenate([kept.reshape(-1), fresh])
-    keys.sort()
+    fresh.sort()
+    keys = np.sort(np.concatenate([kept.reshape(-1), fresh]), kind="stable")  # two sorted runs: one merge pass
     sizes = k + counts[touched]
-    first = np.cumsum(sizes) - sizes  # where each touched row begins in the sorted keys
-    values, indices = _unpack(keys[first[:, None] + np.arange(k)])  # (t, k)
-    state.values[row_start + touched] = values
-    state.indices[row_start + touched] = indices
+    first = np.cumsum(sizes) - sizes  # where each touched row begins in the merged keys
+    state.keys[row_start + touched] = keys[first[:, None] + np.arange(k)] & ENTRY_MASK
 
 
 def _pack(rows: np.ndarray, values: np.ndarray, indices: np.ndarray) -> np.ndarray:

@@ -3,7 +3,11 @@
 import numpy as np
 import pytest
 
-from xfd.kernels.topk import empty_state, is_full, merge_block_numpy, merge_states
+from xfd.kernels.topk import PackedTopK, empty_state, is_full, merge_block_numpy, merge_states, settled, working_state
+
+# Both forms of a state: the plain one (float32 merges through the table there) and the working one (packed keys
+# for float32, the plain table for float64).
+STATES = pytest.mark.parametrize("make_state", [empty_state, working_state], ids=["plain", "working"])
 
 
 def _brute_topk(matrix, k, bound=None):
@@ -19,8 +23,8 @@ def _brute_topk(matrix, k, bound=None):
     return values, indices
 
 
-def _merge_in_column_blocks(matrix, k, widths, bound=None, transposed=False):
-    state = empty_state(matrix.shape[0], k, matrix.dtype)
+def _merge_in_column_blocks(matrix, k, widths, bound=None, transposed=False, make_state=empty_state):
+    state = make_state(matrix.shape[0], k, matrix.dtype)
     start = 0
     for width in widths:
         block = matrix[:, start : start + width]
@@ -29,26 +33,28 @@ def _merge_in_column_blocks(matrix, k, widths, bound=None, transposed=False):
         merge_block_numpy(state, block, 0, start, bound)
         start += width
     assert start == matrix.shape[1]
-    return state
+    return settled(state)
 
 
+@STATES
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_merge_equals_full_stable_sort_with_many_ties(dtype, transposed):
+def test_merge_equals_full_stable_sort_with_many_ties(dtype, transposed, make_state):
     rng = np.random.default_rng(0)
     matrix = rng.integers(0, 6, size=(40, 97)).astype(dtype)  # values 0..5: ties everywhere
-    state = _merge_in_column_blocks(matrix, 9, [10, 1, 30, 7, 49], transposed=transposed)
+    state = _merge_in_column_blocks(matrix, 9, [10, 1, 30, 7, 49], transposed=transposed, make_state=make_state)
     values, indices = _brute_topk(matrix, 9)
     np.testing.assert_array_equal(state.indices, indices)
     np.testing.assert_array_equal(state.values, values.astype(dtype))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # float32 merges by packed keys, float64 by a table
-def test_bound_excludes_larger_entries_and_short_rows_are_padded(dtype):
+@STATES
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bound_excludes_larger_entries_and_short_rows_are_padded(dtype, make_state):
     rng = np.random.default_rng(1)
     matrix = rng.random((25, 60)).astype(dtype)
     bound = np.quantile(matrix, 0.05, axis=1)  # about 3 entries per row, fewer than k
-    state = _merge_in_column_blocks(matrix, 8, [13, 47], bound=bound)
+    state = _merge_in_column_blocks(matrix, 8, [13, 47], bound=bound, make_state=make_state)
     values, indices = _brute_topk(matrix, 8, bound)
     np.testing.assert_array_equal(state.indices, indices)
     np.testing.assert_array_equal(state.values, values.astype(dtype))
@@ -63,11 +69,12 @@ def test_rows_offset_and_untouched_rows():
     assert (state.indices[[0, 1, 4]] == -1).all() and np.isinf(state.values[[0, 1, 4]]).all()
 
 
-def test_blocks_in_any_order_give_the_same_state():
+@STATES
+def test_blocks_in_any_order_give_the_same_state(make_state):
     rng = np.random.default_rng(2)
     matrix = rng.integers(0, 4, size=(30, 80)).astype(np.float32)  # ties everywhere
     expected = _merge_in_column_blocks(matrix, 7, [20, 20, 20, 20])
-    state = empty_state(30, 7, np.float32)
+    state = make_state(30, 7, np.float32)
     for start in (60, 0, 40, 20):  # columns arriving backwards and out of order
         merge_block_numpy(state, matrix[:, start : start + 20], 0, start)
     np.testing.assert_array_equal(state.indices, expected.indices)
@@ -87,3 +94,16 @@ def test_partial_states_merge_exactly(dtype):
     merged = merge_states(parts[::-1])
     np.testing.assert_array_equal(merged.indices, whole.indices)
     np.testing.assert_array_equal(merged.values, whole.values)
+
+
+def test_packed_state_merges_blocks_taller_than_its_row_bits_and_negative_zero():
+    rng = np.random.default_rng(4)
+    matrix = rng.integers(-3, 4, size=(2100, 40)).astype(np.float32)  # more rows than one packed merge takes
+    matrix[5, :4] = -0.0  # -0.0 == +0.0: ties settled by index like any others
+    state = working_state(2100, 6, np.float32)
+    assert isinstance(state, PackedTopK)
+    for start in (20, 0):
+        merge_block_numpy(state, matrix[:, start : start + 20], 0, start)
+    values, indices = _brute_topk(matrix, 6)
+    np.testing.assert_array_equal(state.indices, indices)
+    np.testing.assert_array_equal(state.values, values.astype(np.float32))
