@@ -35,12 +35,14 @@ _CASE_FOLDER = re.compile(r"^case\d+_[A-Za-z0-9_]+$")
 
 @dataclass
 class StoredFrames:
-    """What the shard tool learns of the frames it will keep: their indices in `frame_names`, the size and mtime
-    of each, and the links it followed out of the dataset ((relative path, resolved path), with --follow-symlinks)."""
+    """What the shard tool learns of the frames it will keep: their indices in `frame_names`, the size of each, a
+    digest of their sizes and mtimes (what a shard's plan fingerprint needs of them, small to send between
+    processes), and the links it followed out of the dataset ((relative path, resolved path), with
+    --follow-symlinks)."""
 
     indices: Sequence[int]  # a range when every frame is kept
     sizes: list[int]
-    mtimes: list[int]  # st_mtime_ns
+    stamp: bytes  # sha256 of the sizes and st_mtime_ns, as 64-bit integers
     links: list[tuple[str, str]] = field(default_factory=list)
 
 

@@ -19,6 +19,7 @@ import json
 import operator
 import os
 import stat
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,7 +142,9 @@ def _inspect_frames(tracklet: Tracklet, max_frames: int, root: str, real_root: s
             os.close(folder_fd)
     except DataError as error:
         return error
-    tracklet.stored = StoredFrames(indices, list(map(_SIZE, statuses)), list(map(_MTIME, statuses)), links)
+    sizes = list(map(_SIZE, statuses))
+    stamp = hashlib.sha256(array("q", sizes).tobytes() + array("q", map(_MTIME, statuses)).tobytes()).digest()
+    tracklet.stored = StoredFrames(indices, sizes, stamp, links)
     return tracklet
 
 
@@ -194,6 +197,7 @@ def _encode_json(meta: dict) -> bytes:
 def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: ShardOptions) -> list[PlannedShard]:
     """Group a split's tracklets (in key order; their `stored` frames known) into shards by size and/or count."""
     limit_bytes = int(options.shard_size_mb * 1024 * 1024)
+    options_json = json.dumps(options.as_manifest(), sort_keys=True)
     shards: list[PlannedShard] = []
     current = PlannedShard(split, 0)
     for tracklet in sorted(tracklets, key=lambda t: t.key):
@@ -215,17 +219,13 @@ def plan_split(split: str, tracklets: list[Tracklet], layout: str, options: Shar
     if current.samples:
         shards.append(current)
     for shard in shards:
-        shard.fingerprint = hashlib.sha256(
-            (shard.fingerprint + json.dumps(options.as_manifest(), sort_keys=True)).encode()
-        ).hexdigest()
+        shard.fingerprint = hashlib.sha256((shard.fingerprint + options_json).encode()).hexdigest()
     return shards
 
 
 def _update_fingerprint(shard: PlannedShard, meta_json: bytes, stored: StoredFrames) -> None:
-    digest = hashlib.sha256(shard.fingerprint.encode())
-    digest.update(meta_json)
-    digest.update(json.dumps(list(zip(stored.sizes, stored.mtimes))).encode())  # [[size, mtime], …]
-    shard.fingerprint = digest.hexdigest()
+    """Chain the sample into its shard's fingerprint: its JSON and its frames' sizes and mtimes (`stamp`)."""
+    shard.fingerprint = hashlib.sha256(shard.fingerprint.encode() + meta_json + stored.stamp).hexdigest()
 
 
 # ---------------------------------------------------------------- writing one shard
