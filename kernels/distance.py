@@ -66,6 +66,21 @@ def distance_tile(rows, columns, rows_sq, columns_sq, metric: str, out=None):
     return _finish(block, rows_sq, columns_sq, metric)
 
 
+def self_distance_tile(rows, rows_sq, metric: str, out=None):
+    """`distance_tile(rows, rows, …)` by three quarters of its GEMM: the first half of the rows against all rows,
+    the second half against itself, and the remaining quarter from the mirrored dot products (a·b = b·a). The
+    diagonal tiles of the all-vs-all graph use it."""
+    xp = array_module(rows)
+    n = rows.shape[0]
+    half = n // 2
+    out = xp.empty((n, n), dtype=rows.dtype) if out is None else out
+    xp.matmul(rows[:half], rows.T, out=out[:half])  # (half, n)
+    xp.matmul(rows[half:], rows[half:].T, out=out[half:, half:])  # (n - half, n - half)
+    out[half:, :half] = out[:half, half:].T
+    out *= out.dtype.type(-2 if metric == "sqeuclidean" else -1)
+    return _finish(out, rows_sq, rows_sq, metric)
+
+
 def _finish(block, left_sq, right_sq, metric: str):
     """In place: ((-2a·b) + |a|²) + |b|² for sqeuclidean, (-a·b) + 1 for cosine."""
     if metric == "sqeuclidean":

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from xfd.kernels.distance import distance_block, pair_distances, pairwise_distances, prepare_rows, squared_norms
+from xfd.kernels.distance import (distance_block, distance_tile, pair_distances, pairwise_distances, prepare_rows,
+                                  self_distance_tile, squared_norms)
 
 
 def _rows(n, d, seed, dtype=np.float64):
@@ -44,3 +45,21 @@ def test_preallocated_output_and_pairs_agree_with_the_block(metric, dtype):
 def test_unknown_metric_is_rejected():
     with pytest.raises(ValueError, match="metric"):
         pairwise_distances(_rows(2, 2, 0), _rows(2, 2, 1), "manhattan")
+
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+@pytest.mark.parametrize("n", [1, 2, 7, 64])
+def test_self_tile_mirrors_a_quarter_and_equals_the_full_tile(metric, n):
+    x = np.random.default_rng(n).standard_normal((n, 33)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sq = squared_norms(x)
+    out = np.full((n, n), np.nan, dtype=np.float32)  # every entry must be written
+    tile = self_distance_tile(x, sq, metric, out=out)
+    assert tile is out and not np.isnan(tile).any()
+    np.testing.assert_allclose(tile, distance_tile(x, x, sq, sq, metric), rtol=0, atol=1e-6)
+    half = n // 2  # the lower-left quarter is the upper-right one's dot products, mirrored
+    dots = tile if metric == "cosine" else (tile - sq[:, None]) - sq[None, :]
+    np.testing.assert_allclose(dots[half:, :half], dots[:half, half:].T, rtol=0, atol=1e-6)
+    if metric == "cosine":
+        np.testing.assert_array_equal(tile[half:, :half], tile[:half, half:].T)
