@@ -75,6 +75,22 @@ def sparse_module(xp) -> ModuleType:
     return importlib.import_module("cupyx.scipy.sparse")
 
 
+def fresh_array(xp, shape: tuple, dtype):
+    """An uninitialised array for a large buffer that is written once and read once (re-ranking's kept query
+    distances). On the CPU its memory is an anonymous mapping of plain 4 KiB pages: numpy asks the kernel for
+    transparent huge pages, whose first use can stall on memory compaction (measured: 0.33 s for 144 MB on a
+    machine whose memory the page cache had fragmented, against 0.09 s for plain pages)."""
+    if xp is not np:
+        return xp.empty(shape, dtype=dtype)
+    import mmap
+
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    if size == 0:
+        return np.empty(shape, dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)
+
+
 def is_numpy(xp: ModuleType) -> bool:
     return xp is np
 

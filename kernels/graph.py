@@ -94,11 +94,13 @@ def graph_tiles(n: int, block_size: int) -> list[tuple[int, int]]:
 
 def knn_graph(features, k: int, metric: str = "sqeuclidean", block_size: int | None = None,
               on_block: ProgressCallback | None = None, tiles: list[tuple[int, int]] | None = None,
-              workers: int = 1, sq_norms=None) -> NeighbourLists:
+              workers: int = 1, sq_norms=None, on_tile: Callable | None = None) -> NeighbourLists:
     """k nearest rows of `features` (N, d) for every row (self included) and the N column maxima, in one
     symmetric pass over `tiles` (default: all of `graph_tiles`; a subset gives partial lists and maxima, to be
     merged with those of the other tiles). `workers` threads share the tiles (NumPy only; each calls a
-    single-threaded BLAS, see `xfd.kernels.workers`). `on_block(1)` is called after each tile (progress)."""
+    single-threaded BLAS, see `xfd.kernels.workers`). `on_block(1)` is called after each tile (progress);
+    `on_tile(row_start, col_start, distances)` with each tile's distances, from the thread that computed them (to
+    keep some: the array is reused once the call returns)."""
     check_metric(metric)
     n = features.shape[0]
     if not 1 <= k <= n:
@@ -126,6 +128,8 @@ def knn_graph(features, k: int, metric: str = "sqeuclidean", block_size: int | N
             block = distance_tile(features[row_start:row_stop], features[col_start:col_stop],
                                   sq_norms[row_start:row_stop], sq_norms[col_start:col_stop], metric,
                                   out=out)  # (bi, bj)
+        if on_tile is not None:
+            on_tile(row_start, col_start, block)
         with locks[row_start]:
             merge_block(state, block, row_start, col_start)
             # The maxima of columns I: their own columns on the diagonal, else (symmetry) the rows of this tile.

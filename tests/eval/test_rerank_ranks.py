@@ -60,7 +60,9 @@ def _rank_main(rank: int, world: int, port: int, folder: str, scenario: str, tim
         team = RankTeam(timeout_s=timeout_s)
         data = _data()
         params = RerankParams(20, 6, 0.3)
-        kwargs = dict(device="cpu", block_rows=7, workers=1 + rank % 2)  # threads per rank vary too
+        # threads per rank vary too; tiles of 64 rows: a grid of 21 tiles to share (the query rows in the first)
+        kwargs = dict(device="cpu", block_rows=7, workers=1 + rank % 2, graph_block=64,
+                      keep_distances=scenario != "no keep")
         if scenario == "dies" and rank == world - 1:
             import xfd.eval.rerank as rerank
 
@@ -128,21 +130,23 @@ def _comparable(results) -> dict:
                         for rows, ranks in zip(queries.match_rows, queries.match_ranks)]}
 
 
-def _single_process():
+def _single_process(keep: bool):
     from xfd.eval.rerank import RerankParams
     from xfd.eval.score import ScoreOptions, score
 
     data = _data()
-    dist = k_reciprocal(data.q_feats, data.g_feats, 20, 6, 0.3, device="cpu", block_rows=7, workers=2)
+    dist = k_reciprocal(data.q_feats, data.g_feats, 20, 6, 0.3, device="cpu", block_rows=7, workers=2, graph_block=64,
+                        keep_distances=keep)
     results = {rerank is not None: _comparable(score([data], ScoreOptions(rerank, device="cpu", block_rows=7)))
                for rerank in (None, RerankParams(20, 6, 0.3))}
     return dist, results
 
 
+@pytest.mark.parametrize("keep", [True, False], ids=["kept distances", "blend GEMM"])
 @pytest.mark.parametrize("world", [1, 2, 3])
-def test_one_two_and_three_ranks_give_the_same_bits_and_metrics(tmp_path, world):
-    expected, results = _single_process()
-    outcomes = _run_ranks(tmp_path, world)
+def test_one_two_and_three_ranks_give_the_same_bits_and_metrics(tmp_path, world, keep):
+    expected, results = _single_process(keep)
+    outcomes = _run_ranks(tmp_path, world, "" if keep else "no keep")
     assert all("error" not in o for o in outcomes), [o.get("trace") for o in outcomes if "error" in o]
     got = np.full_like(expected, np.nan)
     starts = sorted(start for o in outcomes for start in o["blocks"])

@@ -32,12 +32,14 @@ from tqdm import tqdm
 from xfd.eval.distance import DistanceBlocks, assemble
 from xfd.eval.rerank_memory import (available_device_bytes, available_host_bytes, blend_rows, local_ranks, plan,
                                     refuse_unless_it_fits)
+from xfd.eval.rerank_split import WorkSplit, keep_query_distances, split_work
 from xfd.eval.rerank_team import Solo, input_digest
 from xfd.eval.validate import check_feature_pair, check_rerank_params
-from xfd.kernels.backend import array_module, module_for_device, resolve_device, stable_argsort, to_numpy
+from xfd.kernels.backend import (array_module, fresh_array, module_for_device, resolve_device, stable_argsort,
+                                 to_numpy)
 from xfd.kernels.csr import SparseRows, concatenate_rows, from_lengths
 from xfd.kernels.distance import PreparedRows, distance_block, prepare_rows, squared_norms
-from xfd.kernels.graph import NeighbourLists, default_block_size, graph_tiles, knn_graph, rounding_margin
+from xfd.kernels.graph import NeighbourLists, default_block_size, knn_graph, rounding_margin
 from xfd.kernels.jaccard import blend, blend_pairs, min_intersection, shared_pairs
 from xfd.kernels.reciprocal import expanded_reciprocal_sets
 from xfd.kernels.topk import TopKState, merge_states
@@ -75,20 +77,24 @@ class RerankTimes:
 class RerankIndex:
     """Everything the per-block blend needs: O(N·k) state, built once from all N = q + g features."""
 
-    query: PreparedRows  # (q, d) query rows, prepared for squared-Euclidean blocks
+    query: PreparedRows | None  # (q, d) query rows, prepared for squared-Euclidean blocks (None: distances kept)
     gallery: object  # (g, d)
     gallery_sq: object  # (g,)
     column_max: object  # (N,) max distance of each column (docs/reranking.md, step 1)
     v_query: SparseRows  # V rows of the queries (after local query expansion)
     inverted: SparseRows  # gallery rows of V by column
+    split: WorkSplit  # this rank's share (xfd.eval.rerank_split)
+    kept: dict = field(default_factory=dict)  # kept row range start -> (rows, g) distances of those query rows
 
 
 def k_reciprocal(query, gallery, k1: int = 28, k2: int = 6, lam: float = 0.28, *, device: str = "auto",
                  normalize: bool = False, block_rows: int | None = None, progress: bool = False,
-                 graph_block: int | None = None, workers: int | None = None) -> np.ndarray:
+                 graph_block: int | None = None, workers: int | None = None,
+                 keep_distances: bool | None = None) -> np.ndarray:
     """Dense (q, g) re-ranked distances (small problems; large ones should use `k_reciprocal_stream`)."""
     blocks = k_reciprocal_stream(query, gallery, k1, k2, lam, device=device, normalize=normalize,
-                                 block_rows=block_rows, progress=progress, graph_block=graph_block, workers=workers)
+                                 block_rows=block_rows, progress=progress, graph_block=graph_block, workers=workers,
+                                 keep_distances=keep_distances)
     return assemble(blocks, len(query), len(gallery))
 
 
@@ -96,7 +102,7 @@ def k_reciprocal_stream(query, gallery, k1: int = 28, k2: int = 6, lam: float = 
                         normalize: bool = False, block_rows: int | None = None, to_host: bool = True,
                         progress: bool = False, graph_block: int | None = None, team=None,
                         workers: int | None = None, times: RerankTimes | None = None,
-                        memory_limit: int | None = None) -> DistanceBlocks:
+                        memory_limit: int | None = None, keep_distances: bool | None = None) -> DistanceBlocks:
     """Re-ranked distances, yielded as (query indices, (b, g) block) in query order.
 
     The call checks the inputs, plans the memory (refusing a run that will not fit in `memory_limit` bytes, by
@@ -105,9 +111,12 @@ def k_reciprocal_stream(query, gallery, k1: int = 28, k2: int = 6, lam: float = 
     rows at a time. Blocks are NumPy arrays, or CuPy arrays on the GPU when `to_host=False`.
 
     `team` (`xfd.eval.rerank_team.RankTeam`): this process is one of R ranks that share the work; every rank must
-    call with the same inputs (checked) and gets its own query blocks only (every R-th block); the union over ranks
-    is exactly the single-process stream. `workers`: CPU threads of this rank (default: the CPUs it may use,
-    divided by the ranks on this node). `times`: filled with this rank's seconds per step.
+    call with the same inputs (checked) and gets its own share of the query blocks only (`xfd.eval.rerank_split`);
+    the union over ranks is exactly the single-process stream. `workers`: CPU threads of this rank (default: the CPUs it may use,
+    divided by the ranks on this node). `times`: filled with this rank's seconds per step. `keep_distances`:
+    whether the graph pass keeps the query-gallery distances for the blend (default: by
+    `xfd.eval.rerank_split.keep_query_distances`; the numbers are the same bit for bit on any number of ranks
+    either way).
     """
     team = team or Solo()
     times = times if times is not None else RerankTimes()
@@ -119,16 +128,20 @@ def k_reciprocal_stream(query, gallery, k1: int = 28, k2: int = 6, lam: float = 
         workers = 1 if device == "cuda" else (workers or max(1, available_cpus() // local_ranks()))
         graph_block = graph_block or default_block_size(xp, q_feats.shape[0] + g_feats.shape[0])
         step = block_rows or blend_rows(g_feats.shape[0], q_feats.dtype.itemsize)
-        memory = plan(q_feats.shape[0], g_feats.shape[0], q_feats.shape[1], k1, k2, q_feats.dtype, team.world,
-                      workers, graph_block, step, device)
+        q, g = q_feats.shape[0], g_feats.shape[0]
+        keep = keep_query_distances(q, g, q_feats.shape[1]) if keep_distances is None else bool(keep_distances)
+        split = split_work(q + g, q, graph_block, step, team.rank, team.world, keep)
+        memory = plan(q, g, q_feats.shape[1], k1, k2, q_feats.dtype, team.world, workers, graph_block, step, device,
+                      keep=keep)
         refuse_unless_it_fits(memory, memory_limit or available_host_bytes(local_ranks()),
                               available_device_bytes() if device == "cuda" else None)
     if team.world > 1:
-        settings = {"k1": k1, "k2": k2, "lam": lam, "device": device, "graph_block": graph_block, "blend": step}
+        settings = {"k1": k1, "k2": k2, "lam": lam, "device": device, "graph_block": graph_block, "blend": step,
+                    "keep": keep}
         team.verify_same(input_digest(q_feats, g_feats, settings=settings), "features, dtypes or parameters")
     with _blas_for(device, workers):
-        index = build_index(q_feats, g_feats, k1, k2, device, progress, graph_block, team, workers, times)
-    return _blend_blocks(index, lam, step, to_host, progress, team, workers, device, times)
+        index = build_index(q_feats, g_feats, k1, k2, device, progress, graph_block, team, workers, times, split)
+    return _blend_blocks(index, lam, to_host, progress, workers, device, times)
 
 
 def normalised_rank(graph: NeighbourLists, k: int, column_max=None):
@@ -153,9 +166,10 @@ def row_bounds(n: int, ranks: int) -> list[int]:
 
 def build_index(q_feats: np.ndarray, g_feats: np.ndarray, k1: int, k2: int, device: str, progress: bool = False,
                 graph_block: int | None = None, team=None, workers: int = 1,
-                times: RerankTimes | None = None) -> RerankIndex:
+                times: RerankTimes | None = None, split: WorkSplit | None = None) -> RerankIndex:
     """docs/reranking.md steps 1-6 and the inverted index, sparse: top-k graph, R*(i), V, local query expansion;
-    this rank's share of each, and what it needs of the other ranks' shares."""
+    this rank's share of each (`split`, default: no kept distances), and what it needs of the other ranks'
+    shares."""
     team = team or Solo()
     times = times if times is not None else RerankTimes()
     xp = module_for_device(device)
@@ -164,16 +178,26 @@ def build_index(q_feats: np.ndarray, g_feats: np.ndarray, k1: int, k2: int, devi
     sq_norms = squared_norms(features)
     k = max(k1 + 1, k2)
     graph_block = graph_block or default_block_size(xp, n)
+    split = split or split_work(n, q, graph_block, q, team.rank, team.world, keep=False)
     bounds = row_bounds(n, team.world)
     lo, hi = bounds[team.rank], bounds[team.rank + 1]
+    kept = {start: fresh_array(xp, (stop - start, n - q), features.dtype) for start, stop in split.kept_rows}
+
+    def keep_query_rows(row_start: int, col_start: int, tile) -> None:
+        """Copy a tile's query-gallery distances into the kept rows (tiles of kept row blocks only)."""
+        if row_start in kept:
+            rows = kept[row_start]
+            first = max(col_start, q)
+            if first < col_start + tile.shape[1]:
+                rows[:, first - q : col_start + tile.shape[1] - q] = tile[: rows.shape[0], first - col_start :]
 
     clock = time.perf_counter()
     with team.step("top-k graph"):
-        tiles = graph_tiles(n, graph_block)[team.rank :: team.world]
-        with tqdm(total=len(tiles), desc="re-rank: top-k graph", unit="tile", disable=not progress,
+        with tqdm(total=len(split.tiles), desc="re-rank: top-k graph", unit="tile", disable=not progress,
                   leave=False) as bar:
             partial = knn_graph(features, min(k + 1, n), "sqeuclidean", block_size=graph_block,
-                                on_block=bar.update, tiles=tiles, workers=workers, sq_norms=sq_norms)
+                                on_block=bar.update, tiles=split.tiles, workers=workers, sq_norms=sq_norms,
+                                on_tile=keep_query_rows if kept else None)
     clock = _tick(times, "graph", clock)
 
     lists, column_max = _own_lists(partial, team, bounds, xp)
@@ -209,8 +233,9 @@ def build_index(q_feats: np.ndarray, g_feats: np.ndarray, k1: int, k2: int, devi
     inverted = inverted_index(v, q, n)
     clock = _tick(times, "query expansion", clock)
     gallery = features[q:]
-    return RerankIndex(query=prepare_rows(features[:q], "sqeuclidean"), gallery=gallery, gallery_sq=sq_norms[q:],
-                       column_max=column_max, v_query=v.rows(0, q), inverted=inverted)
+    query = None if kept else prepare_rows(features[:q], "sqeuclidean")
+    return RerankIndex(query=query, gallery=gallery, gallery_sq=sq_norms[q:], column_max=column_max,
+                       v_query=v.rows(0, q), inverted=inverted, split=split, kept=kept)
 
 
 def _own_lists(partial: NeighbourLists, team, bounds: list[int], xp) -> tuple[NeighbourLists, object]:
@@ -247,16 +272,24 @@ def _concatenate(parts: list[SparseRows], xp) -> SparseRows:
     return parts[0] if len(parts) == 1 else concatenate_rows(parts, xp)
 
 
-def _blend_blocks(index: RerankIndex, lam: float, step: int, to_host: bool, progress: bool, team, workers: int,
-                  device: str, times: RerankTimes) -> DistanceBlocks:
-    q, g = index.query.scaled.shape[0], index.gallery.shape[0]
-    starts = list(range(0, q, step))[team.rank :: team.world]
+def _blend_blocks(index: RerankIndex, lam: float, to_host: bool, progress: bool, workers: int, device: str,
+                  times: RerankTimes) -> DistanceBlocks:
+    g = index.gallery.shape[0]
+    blocks = index.split.blend_blocks
+    kept_starts = sorted(index.kept)
     times.add("blend", 0.0)  # a rank may have no query block (fewer blocks than ranks)
 
-    def block(start: int):
-        stop = min(start + step, q)
+    def distances(start: int, stop: int):
+        """(b, g) distances of query rows start..stop-1: a view of the kept ones, or one GEMM."""
+        if index.kept:
+            first = max(s for s in kept_starts if s <= start)
+            return index.kept[first][start - first : stop - first]
         rows = PreparedRows(index.query.scaled[start:stop], index.query.sq_norms[start:stop])
-        dist = distance_block(rows, index.gallery, index.gallery_sq, "sqeuclidean")  # (b, g)
+        return distance_block(rows, index.gallery, index.gallery_sq, "sqeuclidean")
+
+    def block(bounds: tuple[int, int]):
+        start, stop = bounds
+        dist = distances(start, stop)  # (b, g)
         v_rows = index.v_query.rows(start, stop)
         if device == "cpu":  # s = Σ min(V_i, V_j) only where it is not 0: no dense (b, g) array of it
             keys, sums = shared_pairs(v_rows, index.inverted, g)
@@ -267,10 +300,10 @@ def _blend_blocks(index: RerankIndex, lam: float, step: int, to_host: bool, prog
         return np.arange(start, stop), (to_numpy(final) if to_host else final)
 
     with _blas_for(device, workers):
-        blocks = run_ordered(block, starts, workers)
-        for _ in tqdm(starts, desc="re-rank: query blocks", unit="block", disable=not progress, leave=False):
+        results = run_ordered(block, blocks, workers)
+        for _ in tqdm(blocks, desc="re-rank: query blocks", unit="block", disable=not progress, leave=False):
             clock = time.perf_counter()
-            item = next(blocks)
+            item = next(results)
             times.add("blend", time.perf_counter() - clock)
             yield item
 

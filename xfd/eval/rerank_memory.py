@@ -10,6 +10,9 @@ K = max(k1 + 1, k2) + 1 kept neighbours, own = N / R rows of this rank, W worker
   (N·K·8), R* of this rank's rows, V and V_qe of all rows (8 + s bytes per non-zero) and V_qe's inverted index;
 - blend: the index it keeps (V_qe of the queries, the inverted index), 2W + 1 blocks of (b, g) distances in
   flight, and per thread the float64 scratch of the Jaccard sums and the expanded pairs.
+When the graph pass keeps the query distances (`xfd.eval.rerank_split`), this rank's kept rows (up to
+ceil(q / B / R)·B of them, times g) are held through all three phases, its blend blocks are views of them, and the
+scaled query rows are not needed.
 
 The sizes of R* and V_qe depend on the features; the planner uses what the benchmark's features of three
 difficulties give (|R*| ≈ 1.0-1.04·k1, planned at 1.1·k1; |V_qe row| ≈ 1.8-3.6·|R*| for k2 = 6, planned at 2.7).
@@ -22,6 +25,8 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from xfd.eval.rerank_split import kept_rows_of
 
 # Planning sizes per row, upper ends of what the benchmark's features give (see the module docstring).
 SETS_PER_K1 = 1.1
@@ -47,6 +52,7 @@ class MemoryPlan:
     blend_rows: int
     parts: dict  # resident (before re-ranking), features, and the largest phase ("graph", "sparse" or "blend")
     device_parts: dict | None = None  # on a GPU: what the device holds (unmeasured: no GPU was at hand)
+    keep: bool = False  # the graph pass keeps the query distances
 
     @property
     def host_bytes(self) -> int:
@@ -95,29 +101,31 @@ def resident_bytes() -> int:
 
 def plan(q: int, g: int, d: int, k1: int, k2: int, dtype, ranks: int = 1, workers: int = 1,
          graph_block: int = 1024, blend_block: int | None = None, device: str = "cpu",
-         resident: int | None = None) -> MemoryPlan:
+         resident: int | None = None, keep: bool = False) -> MemoryPlan:
     """The peak host bytes one rank will hold (see the module docstring); `resident`: what the process holds
-    before re-ranking (default: its resident set now)."""
+    before re-ranking (default: its resident set now); `keep`: the graph pass keeps the query distances."""
     s = np.dtype(dtype).itemsize
     n = q + g
-    kept = min(max(k1 + 1, k2) + 1, n)
+    kept = kept_rows_of(q, graph_block, ranks) * g * s if keep else 0
+    listed = min(max(k1 + 1, k2) + 1, n)  # neighbours kept per row
     own = -(-n // ranks)
     sets = SETS_PER_K1 * k1
     expanded = sets * (QE_PER_SET if k2 > 1 else 1.0)
     b = blend_block or blend_rows(g, s)
     tile = min(graph_block, n)
-    state = n * kept * (s + 8)
+    state = n * listed * (s + 8)
+    in_flight = 0 if keep else (2 * workers + 1) * b * g * s  # kept: blocks are views of the kept distances
     phases = {
-        "graph": state + workers * (tile * tile * s + tile * kept * 3 * 8),
-        "sparse": (ranks * own * kept * (s + 8) if ranks > 1 else state) + n * kept * 8 + own * sets * 8
+        "graph": state + workers * (tile * tile * s + tile * listed * 3 * 8),
+        "sparse": (ranks * own * listed * (s + 8) if ranks > 1 else state) + n * listed * 8 + own * sets * 8
         + n * (sets + expanded) * (8 + s) + g * expanded * (8 + s),
-        "blend": (q + g) * expanded * (8 + s) + (2 * workers + 1) * b * g * s
-        + workers * jaccard_scratch(q, g, expanded),
+        "blend": (q + g) * expanded * (8 + s) + in_flight + workers * jaccard_scratch(q, g, expanded),
     }
     largest = max(phases, key=phases.get)
     parts = {
         "resident": resident_bytes() if resident is None else resident,
-        "features": n * d * s + q * d * s,
+        "features": n * d * s + (0 if keep else q * d * s),
+        **({"kept distances": kept} if keep else {}),
         largest: phases[largest],
     }
     device_parts = None
@@ -126,11 +134,12 @@ def plan(q: int, g: int, d: int, k1: int, k2: int, dtype, ranks: int = 1, worker
             "features": n * d * s + q * d * s,
             "graph": 2 * state + 2 * tile * tile * s,
             "sparse": n * (sets + expanded) * (8 + s) + g * expanded * (8 + s),
-            "blend": 2 * b * g * (3 * s + 8),
+            "blend": 2 * b * g * ((2 if keep else 3) * s + 8),
+            **({"kept distances": kept} if keep else {}),
         }
-        parts = {"resident": parts["resident"], "lists": ranks * own * kept * (s + 8) + n * kept * 8}
+        parts = {"resident": parts["resident"], "lists": ranks * own * listed * (s + 8) + n * listed * 8}
     return MemoryPlan(q, g, d, k1, k2, s, ranks, workers, graph_block, b, {k: float(v) for k, v in parts.items()},
-                      None if device_parts is None else {k: float(v) for k, v in device_parts.items()})
+                      None if device_parts is None else {k: float(v) for k, v in device_parts.items()}, keep)
 
 
 def available_host_bytes(local_ranks: int = 1) -> int:
@@ -170,7 +179,8 @@ def refuse_unless_it_fits(memory: MemoryPlan, limit_bytes: int, device_limit: in
     gib = 2**30
     same = dict(q=memory.q, g=memory.g, d=memory.d, k1=memory.k1, k2=memory.k2, graph_block=memory.graph_block,
                 blend_block=memory.blend_rows, ranks=memory.ranks, workers=memory.workers,
-                dtype={4: np.float32, 8: np.float64}[memory.itemsize], resident=int(memory.parts["resident"]))
+                dtype={4: np.float32, 8: np.float64}[memory.itemsize], resident=int(memory.parts["resident"]),
+                keep=memory.keep)
     options = []
     if memory.itemsize == 8:
         options.append(("float32 features", plan(**{**same, "dtype": np.float32})))
