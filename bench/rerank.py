@@ -132,6 +132,7 @@ def run_xfd(args) -> dict:
     from xfd.eval.metrics import QueryScores, RankingAccumulator
     from xfd.eval.rerank import RerankTimes, k_reciprocal_stream
     from xfd.eval.rerank_memory import blend_rows, plan
+    from xfd.eval.rerank_split import keep_query_distances
     from xfd.eval.rerank_team import RankTeam, Solo
     from xfd.kernels.graph import default_block_size
     from xfd.kernels.workers import available_cpus
@@ -154,7 +155,8 @@ def run_xfd(args) -> dict:
     workers = max(1, available_cpus() // world)
     memory = plan(args.q, args.n - args.q, args.dim, args.k1, args.k2, qf.dtype, world, workers,
                   default_block_size(np if args.device == "cpu" else None, args.n),
-                  blend_rows(args.n - args.q, qf.itemsize))
+                  blend_rows(args.n - args.q, qf.itemsize),
+                  keep=keep_query_distances(args.q, args.n - args.q, args.dim))
     _reset_peak()
     start, cpu = time.perf_counter(), time.process_time()
     times = RerankTimes()
@@ -245,9 +247,16 @@ def same_results(one: list[dict], many: list[dict]) -> str:
     return f"distances identical to 1 rank: {same_bits}; metrics identical: {same_metrics}"
 
 
+def _kept(q: int, g: int, dim: int) -> str:
+    from xfd.eval.rerank_split import keep_query_distances
+
+    return "kept by the graph pass" if keep_query_distances(q, g, dim) else "recomputed by the blend"
+
+
 def section_floor(args) -> None:
     n, q, dim = args.n, args.q, args.dim
-    print(f"\n== N={n} (q={q}, g={n - q}), d={dim}: xfd against the GEMM floor (half N×N + q×g at the BLAS rate)")
+    print(f"\n== N={n} (q={q}, g={n - q}), d={dim}: xfd against the GEMM floor (half N×N + q×g at the BLAS rate); "
+          f"query distances {_kept(q, n - q, dim)}")
     for kind in args.kinds:
         before, rate, cpu_before = floor_seconds(args, n, q, dim)
         one = _spawn("xfd", args, n, q, dim, kind)
@@ -264,7 +273,8 @@ def section_floor(args) -> None:
 
 def section_dense(args) -> None:
     n, q, dim, kind = args.n, args.q, args.dense_dim, args.dense_kind
-    print(f"\n== N={n} (q={q}), d={dim}, {kind}: torchreid-style dense form against xfd (1 rank)")
+    print(f"\n== N={n} (q={q}), d={dim}, {kind}: torchreid-style dense form against xfd (1 rank); query distances "
+          f"{_kept(q, n - q, dim)}")
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         dense_out, xfd_out = Path(tmp) / "dense.npy", Path(tmp) / "xfd.bin"
         (dense,) = _spawn("dense", args, n, q, dim, kind, out=dense_out)
@@ -294,7 +304,8 @@ def _agreement(dense_path: Path, xfd_path: Path, q: int, g: int) -> dict:
 
 def section_large(args) -> None:
     n, q, dim = args.large, args.large_query, args.dim
-    print(f"\n== N={n} (q={q}, g={n - q}), d={dim}, {args.large_kind}, {args.device}: into the metrics")
+    print(f"\n== N={n} (q={q}, g={n - q}), d={dim}, {args.large_kind}, {args.device}: into the metrics; query "
+          f"distances {_kept(q, n - q, dim)}")
     floor, rate, floor_cpu = floor_seconds(args, n, q, dim)
     one = _spawn("xfd", args, n, q, dim, args.large_kind)
     print(f"  floor {floor:.1f} s, {floor_cpu:.1f} CPU-s (BLAS {rate:.0f} GFLOP/s); dense form would need "

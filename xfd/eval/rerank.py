@@ -112,9 +112,9 @@ def k_reciprocal_stream(query, gallery, k1: int = 28, k2: int = 6, lam: float = 
 
     `team` (`xfd.eval.rerank_team.RankTeam`): this process is one of R ranks that share the work; every rank must
     call with the same inputs (checked) and gets its own share of the query blocks only (`xfd.eval.rerank_split`);
-    the union over ranks is exactly the single-process stream. `workers`: CPU threads of this rank (default: the CPUs it may use,
-    divided by the ranks on this node). `times`: filled with this rank's seconds per step. `keep_distances`:
-    whether the graph pass keeps the query-gallery distances for the blend (default: by
+    the union over ranks is exactly the single-process stream. `workers`: CPU threads of this rank (default: the
+    CPUs it may use, divided by the ranks on this node). `times`: filled with this rank's seconds per step.
+    `keep_distances`: whether the graph pass keeps the query-gallery distances for the blend (default: by
     `xfd.eval.rerank_split.keep_query_distances`; the numbers are the same bit for bit on any number of ranks
     either way).
     """

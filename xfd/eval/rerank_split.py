@@ -55,7 +55,8 @@ def split_work(n: int, q: int, graph_block: int, blend_rows: int, rank: int, wor
         if tile[0] not in owner:
             min(shares, key=len).append(tile)  # the first of the least loaded ranks
     rows = [(start, min(start + graph_block, q)) for start in query_blocks if owner[start] == rank]
-    blocks = [(start, min(start + blend_rows, stop)) for first, stop in rows for start in range(first, stop, blend_rows)]
+    blocks = [(start, min(start + blend_rows, stop))
+              for first, stop in rows for start in range(first, stop, blend_rows)]
     return WorkSplit(sorted(shares[rank]), rows, blocks)
 
 
