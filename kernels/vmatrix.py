@@ -12,10 +12,13 @@ features by the same expression as the blocked distances.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .backend import array_module, sparse_module, stable_argsort
 from .csr import SparseRows, concatenate_rows
 from .distance import pair_distances
 from .graph import NeighbourLists
+from .workers import even_chunks, run_all
 
 # Feature rows gathered at once, per side, for the pairs outside the top-k lists. On the CPU a small batch stays in
 # cache and its arrays are reused by the allocator (batches of tens of MB cost a page fault per 4 KiB, every batch:
@@ -61,12 +64,13 @@ def _lookup(graph: NeighbourLists, keys, n: int):
 
 
 def local_query_expansion(v: SparseRows, rank, k2: int, chunk_rows: int = 4096,
-                          rows: tuple[int, int] | None = None) -> SparseRows:
+                          rows: tuple[int, int] | None = None, workers: int = 1) -> SparseRows:
     """V_qe[i] = mean of V rows rank[i, :k2] for rows start..stop-1 (default all; identity for k2 == 1).
 
     A sparse product: (c, N) 0/1 rows selecting each row's k2 neighbours, times V (N, N), summed in float64 in
     ascending neighbour order (scipy.sparse / cupyx.scipy.sparse), then divided by k2 and rounded to V's dtype.
-    `v` holds all N rows. Each output row depends on its neighbours' V rows alone, not on the range or chunks.
+    `v` holds all N rows; V is made a sparse matrix once and `workers` threads share the row chunks (NumPy). Each
+    output row depends on its neighbours' V rows alone, not on the range or chunks.
     """
     first, last = rows or (0, v.n_rows)
     if k2 == 1:
@@ -75,17 +79,19 @@ def local_query_expansion(v: SparseRows, rank, k2: int, chunk_rows: int = 4096,
     sparse = sparse_module(xp)
     n = v.n_rows
     v_matrix = sparse.csr_matrix((v.data.astype(xp.float64), v.indices, v.indptr), shape=(n, n))
-    parts = []
-    for start in range(first, last, chunk_rows):
-        stop = min(start + chunk_rows, last)
+    workers = workers if xp is np else 1
+
+    def chunk(bounds: tuple[int, int]) -> SparseRows:
+        start, stop = bounds
         c = stop - start
         neighbours = xp.sort(rank[start:stop, :k2], axis=1).reshape(-1)  # (c·k2,) sorted rows: what cuSPARSE needs
         select = sparse.csr_matrix((xp.ones(c * k2), neighbours, xp.arange(0, c * k2 + 1, k2)), shape=(c, n))
         sums = select @ v_matrix  # (c, N) float64
         sums.sort_indices()
-        parts.append(SparseRows(sums.indptr.astype(xp.int64), sums.indices.astype(xp.int64),
-                                (sums.data / k2).astype(v.data.dtype)))
-    return concatenate_rows(parts, xp)
+        return SparseRows(sums.indptr.astype(xp.int64), sums.indices.astype(xp.int64),
+                          (sums.data / k2).astype(v.data.dtype))
+
+    return concatenate_rows(run_all(chunk, even_chunks(first, last, workers, chunk_rows), workers), xp)
 
 
 def inverted_index(v: SparseRows, first_row: int, n_cols: int) -> SparseRows:

@@ -226,9 +226,7 @@ def build_index(q_feats: np.ndarray, g_feats: np.ndarray, k1: int, k2: int, devi
     clock = _tick(times, "R* and V", clock)
 
     with team.step("query expansion"):
-        expand = [(lo + a, lo + b) for a, b in chunks]
-        v_own = _concatenate(run_all(lambda rows: local_query_expansion(v, rank, k2, rows=rows), expand, workers),
-                             xp)
+        v_own = local_query_expansion(v, rank, k2, ROWS_PER_TASK, rows=(lo, hi), workers=workers)
     v = _all_sparse_rows(team, v_own, xp)
     inverted = inverted_index(v, q, n)
     clock = _tick(times, "query expansion", clock)
