@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .backend import array_module
+from .cpu_source import address, kernel
 
 METRICS = ("sqeuclidean", "cosine")
 
@@ -61,15 +64,18 @@ def distance_tile(rows, columns, rows_sq, columns_sq, metric: str, out=None):
     all-vs-all graph uses it so that no scaled copy of all N features is ever held.
     """
     xp = array_module(columns)
-    block = xp.matmul(rows, columns.T, out=out)  # (n, m) a·b
-    block *= block.dtype.type(-2 if metric == "sqeuclidean" else -1)
-    return _finish(block, rows_sq, columns_sq, metric)
+    return finish_dots(xp.matmul(rows, columns.T, out=out), rows_sq, columns_sq, metric)  # (n, m)
 
 
 def self_distance_tile(rows, rows_sq, metric: str, out=None):
-    """`distance_tile(rows, rows, …)` by three quarters of its GEMM: the first half of the rows against all rows,
-    the second half against itself, and the remaining quarter from the mirrored dot products (a·b = b·a). The
-    diagonal tiles of the all-vs-all graph use it."""
+    """`distance_tile(rows, rows, …)` by three quarters of its GEMM (`self_dots`). The diagonal tiles of the
+    all-vs-all graph use it."""
+    return finish_dots(self_dots(rows, out), rows_sq, rows_sq, metric)
+
+
+def self_dots(rows, out=None):
+    """(n, n) rows·rowsᵀ by three quarters of its GEMM: the first half of the rows against all rows, the second
+    half against itself, and the remaining quarter from the mirrored dot products (a·b = b·a)."""
     xp = array_module(rows)
     n = rows.shape[0]
     half = n // 2
@@ -77,8 +83,33 @@ def self_distance_tile(rows, rows_sq, metric: str, out=None):
     xp.matmul(rows[:half], rows.T, out=out[:half])  # (half, n)
     xp.matmul(rows[half:], rows[half:].T, out=out[half:, half:])  # (n - half, n - half)
     out[half:, :half] = out[:half, half:].T
-    out *= out.dtype.type(-2 if metric == "sqeuclidean" else -1)
-    return _finish(out, rows_sq, rows_sq, metric)
+    return out
+
+
+def finish_dots(dots, rows_sq, columns_sq, metric: str):
+    """In place: the distances of dot products a·b (n, m): their scale, then `_finish`."""
+    dots *= dots.dtype.type(-2 if metric == "sqeuclidean" else -1)
+    return _finish(dots, rows_sq, columns_sq, metric)
+
+
+def finish_dots_with_maxima(dots, rows_sq, columns_sq, metric: str, row_maxima: bool = True):
+    """`finish_dots`, and the maxima of the finished tile: (distances, (n,) row maxima or None, (m,) column maxima).
+
+    On the CPU one pass of the C kernel `finish_tile_*` (`xfd.kernels.cpu_source`) does all three, the same
+    numbers bit for bit; elsewhere (CuPy, or no C kernels) array operations do."""
+    xp = array_module(dots)
+    finish = kernel("finish_tile", dots.dtype) if xp is np and dots.flags.c_contiguous else None
+    if finish is None:
+        block = finish_dots(dots, rows_sq, columns_sq, metric)
+        return block, (block.max(axis=1) if row_maxima else None), block.max(axis=0)
+    n, m = dots.shape
+    rows_sq = np.ascontiguousarray(rows_sq, dtype=dots.dtype)
+    columns_sq = np.ascontiguousarray(columns_sq, dtype=dots.dtype)
+    row_max = np.empty(n, dtype=dots.dtype) if row_maxima else None
+    column_max = np.empty(m, dtype=dots.dtype)
+    finish(address(dots), n, m, address(rows_sq), address(columns_sq), int(metric == "cosine"), address(row_max),
+           address(column_max))
+    return dots, row_max, column_max
 
 
 def _finish(block, left_sq, right_sq, metric: str):

@@ -3,7 +3,7 @@
 `knn_graph` builds, for every row of X (N, d), its k nearest rows of X (itself included) sorted by
 (distance, index), plus the maximum of every column of the N×N distance matrix. The matrix is cut into a fixed grid
 of square tiles; each tile of the upper triangle (the matrix is symmetric) is computed once by GEMM and fed to both
-its row set and, transposed, its column set (a diagonal tile by 3/4 of its GEMM, mirrored: `self_distance_tile`), so
+its row set and, transposed, its column set (a diagonal tile by 3/4 of its GEMM, mirrored: `self_dots`), so
 a full pass costs little more than half the GEMM of N×N. The grid depends only on N
 and the tile size, never on how many ranks or threads share the tiles: every distance is computed by the same GEMM
 call whoever computes it, and top-k merges are exact and order-free, so any split of the tiles gives the same
@@ -29,7 +29,7 @@ import threading
 import numpy as np
 
 from .backend import array_module
-from .distance import (PreparedRows, check_metric, distance_block, distance_tile, prepare_rows, self_distance_tile,
+from .distance import (PreparedRows, check_metric, distance_block, finish_dots_with_maxima, prepare_rows, self_dots,
                        squared_norms)
 from .topk import TopKState, is_full, merge_block, merge_states, settled, working_state
 from .workers import run_all
@@ -123,22 +123,22 @@ def knn_graph(features, k: int, metric: str = "sqeuclidean", block_size: int | N
         out = local.buffer[: (row_stop - row_start) * (col_stop - col_start)].reshape(row_stop - row_start, -1)
         diagonal = col_start == row_start
         if diagonal:  # symmetric: three quarters of the GEMM
-            block = self_distance_tile(features[row_start:row_stop], sq_norms[row_start:row_stop], metric, out=out)
+            dots = self_dots(features[row_start:row_stop], out=out)
         else:
-            block = distance_tile(features[row_start:row_stop], features[col_start:col_stop],
-                                  sq_norms[row_start:row_stop], sq_norms[col_start:col_stop], metric,
-                                  out=out)  # (bi, bj)
+            dots = xp.matmul(features[row_start:row_stop], features[col_start:col_stop].T, out=out)  # (bi, bj)
+        block, row_side, column_side = finish_dots_with_maxima(dots, sq_norms[row_start:row_stop],
+                                                               sq_norms[col_start:col_stop], metric, not diagonal)
         if on_tile is not None:
             on_tile(row_start, col_start, block)
         with locks[row_start]:
             merge_block(state, block, row_start, col_start)
             # The maxima of columns I: their own columns on the diagonal, else (symmetry) the rows of this tile.
-            row_side = block.max(axis=0 if diagonal else 1)
+            row_side = column_side if diagonal else row_side
             column_max[row_start:row_stop] = xp.maximum(column_max[row_start:row_stop], row_side)
         if not diagonal:
             with locks[col_start]:
                 merge_block(state, block.T, col_start, row_start)
-                column_max[col_start:col_stop] = xp.maximum(column_max[col_start:col_stop], block.max(axis=0))
+                column_max[col_start:col_stop] = xp.maximum(column_max[col_start:col_stop], column_side)
         if on_block is not None:
             with progress:
                 on_block(1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import array_module
+from .cpu_source import address, kernel
 from .csr import SparseRows
 from .cuda_source import cuda_module
 
@@ -129,6 +130,31 @@ def blend_pairs(keys, sums, distances, row_max, lam: float):
     near *= distances.dtype.type(lam)
     near += _jaccard_term(sums, distances.dtype, lam)
     flat[keys] = near
+    return distances
+
+
+def jaccard_blend(query_rows: SparseRows, inverted: SparseRows, distances: np.ndarray, row_max: np.ndarray,
+                  lam: float) -> np.ndarray:
+    """`blend_pairs(*shared_pairs(query_rows, inverted, g), distances, row_max, lam)` on the CPU, in place on
+    `distances` (b, g): by the C kernel `jaccard_blend_*` (`xfd.kernels.cpu_source`: one dense row of float64
+    sums at a time, then the row's blend, in the twin's order of operations) where it is built, else by the NumPy
+    twin. The same numbers bit for bit either way."""
+    b, g = distances.shape
+    dtype = distances.dtype
+    run = kernel("jaccard_blend", dtype)
+    if run is None or distances.strides[1] != dtype.itemsize or query_rows.data.dtype != dtype:
+        keys, sums = shared_pairs(query_rows, inverted, g)
+        return blend_pairs(keys, sums, distances, row_max, lam)
+    arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (query_rows.indptr, query_rows.indices,
+                                                                 inverted.indptr, inverted.indices)]
+    q_indptr, q_indices, inv_indptr, inv_indices = arrays
+    q_data = np.ascontiguousarray(query_rows.data)
+    inv_data = np.ascontiguousarray(inverted.data, dtype=dtype)
+    row_max = np.ascontiguousarray(row_max, dtype=dtype)
+    sums = np.zeros(g, dtype=np.float64)  # the kernel leaves it all zero
+    run(address(q_indptr), address(q_indices), address(q_data), b, address(inv_indptr), address(inv_indices),
+        address(inv_data), address(distances), distances.strides[0] // dtype.itemsize, g, address(row_max),
+        dtype.type(lam).item(), dtype.type(1 - lam).item(), address(sums))
     return distances
 
 

@@ -11,9 +11,11 @@ into the rows it covers. The CUDA kernel (`topk.cu`) and its NumPy twin (`merge_
 arrive in any order (ties are settled by comparing (value, index) pairs, not by arrival), so a rank or a thread can
 merge any subset of a row's blocks, and partial states merge exactly (`merge_states`).
 
-On the CPU, float32 states are worked on as one sorted 64-bit key per entry (`PackedTopK`, from `working_state`):
-a merge then packs only the block's candidates and merges them into the kept keys, instead of re-packing and
-re-sorting every kept entry each time. `settled()` turns any state into plain (values, indices).
+On the CPU the merge runs in C where the C kernels are built (`merge_rows_*` / `merge_columns_*` in
+cpu_kernels.c, see `xfd.kernels.cpu_source`: one pass over the block, inserting each candidate into its row as it
+meets it). Without them, float32 states are worked on as one sorted 64-bit key per entry (`PackedTopK`, from
+`working_state`): a merge then packs only the block's candidates and merges them into the kept keys, instead of
+re-packing and re-sorting every kept entry each time. `settled()` turns any state into plain (values, indices).
 
 The NumPy twin bounds a row it has not filled yet by the k-th smallest of a slice of the block's row (an upper bound
 on the k-th of the merged result, so nothing the contract keeps is lost) before it collects candidates: the first
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import array_module
+from .cpu_source import address, kernel
 from .cuda_source import cuda_module
 
 CUDA_MAX_K = 128  # TOPK_MAX_K in topk.cu
@@ -87,12 +90,18 @@ class PackedTopK:
 
 
 def working_state(n: int, k: int, dtype, xp=np):
-    """The state to merge blocks into: packed keys for float32 on the CPU (when the columns fit the key), else a
-    `TopKState`. Call `settled(state)` for the plain form."""
-    if xp is np and np.dtype(dtype) == np.float32 and n < NO_COLUMN:
-        empty = _pack(np.zeros(1, dtype=np.int64), np.array([np.inf], dtype=np.float32), np.array([-1]))
-        return PackedTopK(np.full((n, k), empty[0], dtype=np.uint64))
+    """The state to merge blocks into: a `TopKState`, or packed keys for float32 on a CPU without the C kernels
+    (when the columns fit the key). Call `settled(state)` for the plain form."""
+    if (xp is np and np.dtype(dtype) == np.float32 and n < NO_COLUMN
+            and kernel("merge_rows", dtype) is None):
+        return packed_state(n, k)
     return empty_state(n, k, dtype, xp)
+
+
+def packed_state(n: int, k: int) -> PackedTopK:
+    """An empty float32 state as packed keys (n < NO_COLUMN columns), merged by the NumPy twin."""
+    empty = _pack(np.zeros(1, dtype=np.int64), np.array([np.inf], dtype=np.float32), np.array([-1]))
+    return PackedTopK(np.full((n, k), empty[0], dtype=np.uint64))
 
 
 def settled(state) -> TopKState:
@@ -101,11 +110,43 @@ def settled(state) -> TopKState:
 
 
 def merge_block(state: TopKState, block, row_start: int, col_start: int, bound=None) -> None:
-    """Fold `block` (rows row_start.., columns col_start..) into `state` in place; NumPy or CuPy by `block`."""
-    if array_module(block) is np:
-        merge_block_numpy(state, block, row_start, col_start, bound)
-    else:
+    """Fold `block` (rows row_start.., columns col_start..) into `state` in place; NumPy (in C where it can) or
+    CuPy by `block`."""
+    if array_module(block) is not np:
         merge_block_cuda(state, block, row_start, col_start, bound)
+    elif not merge_block_c(state, block, row_start, col_start, bound):
+        merge_block_numpy(state, block, row_start, col_start, bound)
+
+
+def merge_block_c(state: TopKState, block: np.ndarray, row_start: int, col_start: int, bound=None) -> bool:
+    """`merge_block_numpy` by the C kernels, reading the block in its memory order (a transposed view is merged
+    by `merge_columns_*`); False, having done nothing, where they do not apply (no C kernels, a packed state, other
+    dtypes or layouts)."""
+    if isinstance(state, PackedTopK) or block.dtype != state.values.dtype or block.size == 0:
+        return False
+    if not (state.values.flags.c_contiguous and state.indices.flags.c_contiguous
+            and state.indices.dtype == np.int64):
+        return False
+    if bound is not None and (bound.dtype != block.dtype or not bound.flags.c_contiguous):
+        bound = np.ascontiguousarray(bound, dtype=block.dtype)
+    n_rows, n_cols = block.shape
+    item = block.itemsize
+    if block.strides[1] == item and block.strides[0] % item == 0:
+        merge = kernel("merge_rows", block.dtype)
+        if merge is None:
+            return False
+        merge(address(block), n_rows, n_cols, block.strides[0] // item, address(state.values),
+              address(state.indices), state.k, row_start, col_start, address(bound))
+        return True
+    if block.strides[0] == item and block.strides[1] % item == 0:  # a transposed view: scan its base row-major
+        merge = kernel("merge_columns", block.dtype)
+        if merge is None:
+            return False
+        thresholds = np.empty(n_rows, dtype=block.dtype)
+        merge(address(block), n_cols, n_rows, block.strides[1] // item, address(state.values),
+              address(state.indices), state.k, row_start, col_start, address(bound), address(thresholds))
+        return True
+    return False
 
 
 FIRST_BOUND_COLUMNS = 256  # slice of a block row whose k-th value bounds a row that is not full yet

@@ -3,11 +3,26 @@
 import numpy as np
 import pytest
 
-from xfd.kernels.topk import PackedTopK, empty_state, is_full, merge_block_numpy, merge_states, settled, working_state
+from xfd.kernels.cpu_source import cpu_library
+from xfd.kernels.topk import (PackedTopK, empty_state, is_full, merge_block_c, merge_block_numpy, merge_states,
+                              packed_state, settled, working_state)
 
-# Both forms of a state: the plain one (float32 merges through the table there) and the working one (packed keys
-# for float32, the plain table for float64).
-STATES = pytest.mark.parametrize("make_state", [empty_state, working_state], ids=["plain", "working"])
+
+def _packed_or_plain(n, k, dtype):
+    return packed_state(n, k) if np.dtype(dtype) == np.float32 else empty_state(n, k, dtype)
+
+
+def _merge_in_c(state, block, row_start, col_start, bound=None):
+    assert cpu_library() is not None, "the C kernels did not build (a C compiler is needed; see kernels/cpu_source.py)"
+    assert merge_block_c(state, block, row_start, col_start, bound), "the C merge declined the block"
+
+
+# Every way a state is merged on the CPU: the NumPy twin on a plain state (float32 through its table) and on packed
+# keys (float32; float64 stays plain), and the C kernels (a transposed view goes to merge_columns_*).
+STATES = pytest.mark.parametrize("make_state, merge", [(empty_state, merge_block_numpy),
+                                                        (_packed_or_plain, merge_block_numpy),
+                                                        (empty_state, _merge_in_c)],
+                                 ids=["numpy-plain", "numpy-packed", "c"])
 
 
 def _brute_topk(matrix, k, bound=None):
@@ -23,14 +38,15 @@ def _brute_topk(matrix, k, bound=None):
     return values, indices
 
 
-def _merge_in_column_blocks(matrix, k, widths, bound=None, transposed=False, make_state=empty_state):
+def _merge_in_column_blocks(matrix, k, widths, bound=None, transposed=False, make_state=empty_state,
+                            merge=merge_block_numpy):
     state = make_state(matrix.shape[0], k, matrix.dtype)
     start = 0
     for width in widths:
         block = matrix[:, start : start + width]
         if transposed:  # hand in an F-ordered transposed view, as the symmetric graph pass does
             block = np.ascontiguousarray(block.T).T
-        merge_block_numpy(state, block, 0, start, bound)
+        merge(state, block, 0, start, bound)
         start += width
     assert start == matrix.shape[1]
     return settled(state)
@@ -39,10 +55,11 @@ def _merge_in_column_blocks(matrix, k, widths, bound=None, transposed=False, mak
 @STATES
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_merge_equals_full_stable_sort_with_many_ties(dtype, transposed, make_state):
+def test_merge_equals_full_stable_sort_with_many_ties(dtype, transposed, make_state, merge):
     rng = np.random.default_rng(0)
     matrix = rng.integers(0, 6, size=(40, 97)).astype(dtype)  # values 0..5: ties everywhere
-    state = _merge_in_column_blocks(matrix, 9, [10, 1, 30, 7, 49], transposed=transposed, make_state=make_state)
+    state = _merge_in_column_blocks(matrix, 9, [10, 1, 30, 7, 49], transposed=transposed, make_state=make_state,
+                                    merge=merge)
     values, indices = _brute_topk(matrix, 9)
     np.testing.assert_array_equal(state.indices, indices)
     np.testing.assert_array_equal(state.values, values.astype(dtype))
@@ -50,11 +67,13 @@ def test_merge_equals_full_stable_sort_with_many_ties(dtype, transposed, make_st
 
 @STATES
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bound_excludes_larger_entries_and_short_rows_are_padded(dtype, make_state):
+@pytest.mark.parametrize("transposed", [False, True])
+def test_bound_excludes_larger_entries_and_short_rows_are_padded(dtype, transposed, make_state, merge):
     rng = np.random.default_rng(1)
     matrix = rng.random((25, 60)).astype(dtype)
     bound = np.quantile(matrix, 0.05, axis=1)  # about 3 entries per row, fewer than k
-    state = _merge_in_column_blocks(matrix, 8, [13, 47], bound=bound, make_state=make_state)
+    state = _merge_in_column_blocks(matrix, 8, [13, 47], bound=bound, transposed=transposed, make_state=make_state,
+                                    merge=merge)
     values, indices = _brute_topk(matrix, 8, bound)
     np.testing.assert_array_equal(state.indices, indices)
     np.testing.assert_array_equal(state.values, values.astype(dtype))
@@ -70,13 +89,13 @@ def test_rows_offset_and_untouched_rows():
 
 
 @STATES
-def test_blocks_in_any_order_give_the_same_state(make_state):
+def test_blocks_in_any_order_give_the_same_state(make_state, merge):
     rng = np.random.default_rng(2)
     matrix = rng.integers(0, 4, size=(30, 80)).astype(np.float32)  # ties everywhere
     expected = _merge_in_column_blocks(matrix, 7, [20, 20, 20, 20])
     state = make_state(30, 7, np.float32)
     for start in (60, 0, 40, 20):  # columns arriving backwards and out of order
-        merge_block_numpy(state, matrix[:, start : start + 20], 0, start)
+        merge(state, matrix[:, start : start + 20], 0, start)
     np.testing.assert_array_equal(state.indices, expected.indices)
     np.testing.assert_array_equal(state.values, expected.values)
 
@@ -100,8 +119,7 @@ def test_packed_state_merges_blocks_taller_than_its_row_bits_and_negative_zero()
     rng = np.random.default_rng(4)
     matrix = rng.integers(-3, 4, size=(2100, 40)).astype(np.float32)  # more rows than one packed merge takes
     matrix[5, :4] = -0.0  # -0.0 == +0.0: ties settled by index like any others
-    state = working_state(2100, 6, np.float32)
-    assert isinstance(state, PackedTopK)
+    state = packed_state(2100, 6)
     for start in (20, 0):
         merge_block_numpy(state, matrix[:, start : start + 20], 0, start)
     values, indices = _brute_topk(matrix, 6)

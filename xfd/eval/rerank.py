@@ -40,7 +40,7 @@ from xfd.kernels.backend import (array_module, fresh_array, module_for_device, r
 from xfd.kernels.csr import SparseRows, concatenate_rows, from_lengths
 from xfd.kernels.distance import PreparedRows, distance_block, prepare_rows, squared_norms
 from xfd.kernels.graph import NeighbourLists, default_block_size, knn_graph, rounding_margin
-from xfd.kernels.jaccard import blend, blend_pairs, min_intersection, shared_pairs
+from xfd.kernels.jaccard import blend, jaccard_blend, min_intersection
 from xfd.kernels.reciprocal import expanded_reciprocal_sets
 from xfd.kernels.topk import TopKState, merge_states
 from xfd.kernels.vmatrix import inverted_index, local_query_expansion, reciprocal_weights
@@ -290,8 +290,7 @@ def _blend_blocks(index: RerankIndex, lam: float, to_host: bool, progress: bool,
         dist = distances(start, stop)  # (b, g)
         v_rows = index.v_query.rows(start, stop)
         if device == "cpu":  # s = Σ min(V_i, V_j) only where it is not 0: no dense (b, g) array of it
-            keys, sums = shared_pairs(v_rows, index.inverted, g)
-            final = blend_pairs(keys, sums, dist, index.column_max[start:stop], lam)
+            final = jaccard_blend(v_rows, index.inverted, dist, index.column_max[start:stop], lam)
         else:
             shared = min_intersection(v_rows, index.inverted, g)  # (b, g)
             final = blend(shared, dist, index.column_max[start:stop], lam)

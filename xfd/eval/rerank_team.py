@@ -109,23 +109,21 @@ class RankTeam:
         status = torch.tensor([0 if failure is None else 1], dtype=torch.int64)
         peers = [r for r in range(self.world) if r != self.rank]
         received = {r: torch.zeros(1, dtype=torch.int64) for r in peers}
-        sends, recvs = [], {}
-        try:
-            for r in peers:
-                peer = dist.get_global_rank(self.group, r)
+        sends, recvs, missing = [], {}, []
+        for r in peers:
+            peer = dist.get_global_rank(self.group, r)
+            try:
                 sends.append(dist.isend(status, peer, group=self.group))
                 recvs[r] = dist.irecv(received[r], peer, group=self.group)
-        except RuntimeError as error:
-            raise RankFailure(f"distributed evaluation, step '{name}': rank {self.rank} could not reach the other "
-                              f"ranks ({error})") from error
-        missing = []
+            except RuntimeError:  # its connection is already closed: it died
+                missing.append(r)
         for r, work in recvs.items():
             try:
                 work.wait(datetime.timedelta(seconds=self.timeout_s))
             except RuntimeError:  # closed connection (the peer died) or timeout (it is stuck or slow)
                 missing.append(r)
         if missing:
-            names = ", ".join(map(str, missing))
+            names = ", ".join(map(str, sorted(missing)))
             raise RankFailure(
                 f"distributed evaluation, step '{name}': rank(s) {names} did not finish the step within "
                 f"{self.timeout_s:g} s (died, stuck or out of memory); rank {self.rank} stops too")

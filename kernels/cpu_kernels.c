@@ -1,0 +1,174 @@
+/* CPU twins of the hot loops of exact re-ranking (the C side of kernels/cpu_source.py).
+ *
+ * Each function has one contract with a NumPy twin and, where one exists, the CUDA kernel; the tests compare them
+ * bit for bit. The NumPy twins must make several passes over a block (one per array operation); these make one,
+ * which is what the CPU needs between two GEMM tiles.
+ *
+ * Exactness: every floating-point value is formed by the same operations, in the same order and precision, as the
+ * NumPy twin (compiled with -ffp-contract=off, so no multiply-add is fused; C99 float arithmetic on x86-64 and
+ * aarch64 has no excess precision). Maxima and top-k selections are exact whatever the order they are taken in.
+ *
+ * Top-k state: (values, indices) of shape (rows, k), each row ascending by the pair (value, index) compared
+ * lexicographically, ties to the lower index; empty slots hold (+inf, -1), and -1 compared as unsigned sorts after
+ * every real index. Merging keeps, for each row, the k smallest pairs of the row and its candidates.
+ *
+ * Functions are defined for float (suffix f32) and double (f64) by the DEFINE_KERNELS macro at the end.
+ */
+
+#include <math.h> /* INFINITY only: nothing here calls the math library */
+#include <stdint.h>
+
+#define LANES 16 /* elements tested together before any branch: the compiler turns these loops into SIMD */
+
+#define DEFINE_KERNELS(T, S)                                                                                        \
+                                                                                                                    \
+    static int precedes_##S(T value_a, int64_t index_a, T value_b, int64_t index_b) {                               \
+        return value_a < value_b || (value_a == value_b && (uint64_t)index_a < (uint64_t)index_b);                  \
+    }                                                                                                               \
+                                                                                                                    \
+    /* Put (value, index) into a sorted row of k if it is among its k smallest; returns the row's new k-th. */      \
+    static T insert_##S(T *values, int64_t *indices, int64_t k, T value, int64_t index) {                           \
+        if (precedes_##S(value, index, values[k - 1], indices[k - 1])) {                                            \
+            int64_t at = k - 1;                                                                                     \
+            while (at > 0 && precedes_##S(value, index, values[at - 1], indices[at - 1])) {                         \
+                values[at] = values[at - 1];                                                                        \
+                indices[at] = indices[at - 1];                                                                      \
+                --at;                                                                                               \
+            }                                                                                                       \
+            values[at] = value;                                                                                     \
+            indices[at] = index;                                                                                    \
+        }                                                                                                           \
+        return values[k - 1];                                                                                       \
+    }                                                                                                               \
+                                                                                                                    \
+    /* Distances from dot products, in place: ((dot * -2) + row_sq[i]) + col_sq[j] (squared Euclidean) or         \
+     * (dot * -1) + 1 (cosine), as kernels/distance.py forms them; and the tile's maxima: row_max[i] over its row  \
+     * (skipped when row_max is NULL), col_max[j] over its column. */                                               \
+    void finish_tile_##S(T *tile, int64_t rows, int64_t cols, const T *row_sq, const T *col_sq, int cosine,       \
+                         T *row_max, T *col_max) {                                                                  \
+        const T scale = cosine ? (T)-1 : (T)-2;                                                                     \
+        for (int64_t j = 0; j < cols; ++j) col_max[j] = -(T)INFINITY;                                               \
+        for (int64_t i = 0; i < rows; ++i) {                                                                        \
+            T *row = tile + i * cols;                                                                               \
+            const T add = cosine ? (T)1 : row_sq[i];                                                                \
+            T lane_max[LANES];                                                                                      \
+            for (int l = 0; l < LANES; ++l) lane_max[l] = -(T)INFINITY;                                             \
+            int64_t j = 0;                                                                                          \
+            for (; j + LANES <= cols; j += LANES) {                                                                 \
+                for (int l = 0; l < LANES; ++l) {                                                                   \
+                    T x = row[j + l] * scale;                                                                       \
+                    x = x + add;                                                                                    \
+                    if (!cosine) x = x + col_sq[j + l];                                                             \
+                    row[j + l] = x;                                                                                 \
+                    lane_max[l] = x > lane_max[l] ? x : lane_max[l];                                                \
+                    col_max[j + l] = x > col_max[j + l] ? x : col_max[j + l];                                       \
+                }                                                                                                   \
+            }                                                                                                       \
+            for (; j < cols; ++j) {                                                                                 \
+                T x = row[j] * scale;                                                                               \
+                x = x + add;                                                                                        \
+                if (!cosine) x = x + col_sq[j];                                                                     \
+                row[j] = x;                                                                                         \
+                lane_max[0] = x > lane_max[0] ? x : lane_max[0];                                                    \
+                col_max[j] = x > col_max[j] ? x : col_max[j];                                                       \
+            }                                                                                                       \
+            if (row_max) {                                                                                          \
+                T m = lane_max[0];                                                                                  \
+                for (int l = 1; l < LANES; ++l) m = lane_max[l] > m ? lane_max[l] : m;                              \
+                row_max[i] = m;                                                                                     \
+            }                                                                                                       \
+        }                                                                                                           \
+    }                                                                                                               \
+                                                                                                                    \
+    /* Merge block rows into state rows row_start..: candidates (block[i, j], col_start + j) with block[i, j] <=   \
+     * bound[row_start + i] (no bound when NULL). `stride`: elements between block rows. */                         \
+    void merge_rows_##S(const T *block, int64_t rows, int64_t cols, int64_t stride, T *values, int64_t *indices,   \
+                        int64_t k, int64_t row_start, int64_t col_start, const T *bound) {                         \
+        for (int64_t i = 0; i < rows; ++i) {                                                                        \
+            const T *row = block + i * stride;                                                                      \
+            T *kept = values + (row_start + i) * k;                                                                 \
+            int64_t *kept_index = indices + (row_start + i) * k;                                                    \
+            const T limit = bound ? bound[row_start + i] : (T)INFINITY;                                             \
+            T threshold = kept[k - 1] < limit ? kept[k - 1] : limit;                                                \
+            for (int64_t j0 = 0; j0 < cols; j0 += LANES) {                                                          \
+                const int64_t j1 = j0 + LANES < cols ? j0 + LANES : cols;                                           \
+                int any = 0;                                                                                        \
+                for (int64_t j = j0; j < j1; ++j) any |= row[j] <= threshold;                                       \
+                if (!any) continue;                                                                                 \
+                for (int64_t j = j0; j < j1; ++j) {                                                                 \
+                    if (row[j] <= threshold) {                                                                      \
+                        const T kth = insert_##S(kept, kept_index, k, row[j], col_start + j);                       \
+                        threshold = kth < limit ? kth : limit;                                                      \
+                    }                                                                                               \
+                }                                                                                                   \
+            }                                                                                                       \
+        }                                                                                                           \
+    }                                                                                                               \
+                                                                                                                    \
+    /* The transposed merge, reading the block in its own row order: candidates (block[i, j], index_start + i) go  \
+     * to state row state_start + j, if block[i, j] <= bound[state_start + j] (no bound when NULL).                \
+     * `thresholds`: scratch of `cols` elements. */                                                                 \
+    void merge_columns_##S(const T *block, int64_t rows, int64_t cols, int64_t stride, T *values,                  \
+                           int64_t *indices, int64_t k, int64_t state_start, int64_t index_start, const T *bound,  \
+                           T *thresholds) {                                                                         \
+        for (int64_t j = 0; j < cols; ++j) {                                                                        \
+            const T kth = values[(state_start + j) * k + k - 1];                                                    \
+            const T limit = bound ? bound[state_start + j] : (T)INFINITY;                                           \
+            thresholds[j] = kth < limit ? kth : limit;                                                              \
+        }                                                                                                           \
+        for (int64_t i = 0; i < rows; ++i) {                                                                        \
+            const T *row = block + i * stride;                                                                      \
+            for (int64_t j0 = 0; j0 < cols; j0 += LANES) {                                                          \
+                const int64_t j1 = j0 + LANES < cols ? j0 + LANES : cols;                                           \
+                int any = 0;                                                                                        \
+                for (int64_t j = j0; j < j1; ++j) any |= row[j] <= thresholds[j];                                   \
+                if (!any) continue;                                                                                 \
+                for (int64_t j = j0; j < j1; ++j) {                                                                 \
+                    if (row[j] <= thresholds[j]) {                                                                  \
+                        const int64_t r = state_start + j;                                                          \
+                        const T kth = insert_##S(values + r * k, indices + r * k, k, row[j], index_start + i);      \
+                        const T limit = bound ? bound[r] : (T)INFINITY;                                             \
+                        thresholds[j] = kth < limit ? kth : limit;                                                  \
+                    }                                                                                               \
+                }                                                                                                   \
+            }                                                                                                       \
+        }                                                                                                           \
+    }                                                                                                               \
+                                                                                                                    \
+    /* Jaccard and blend of query rows (kernels/jaccard.py: shared_pairs + blend_pairs), in place on `dist`         \
+     * (rows, g) with `stride` elements between rows:                                                               \
+     *   s[i, j] = sum over the row's entries t, in order, of min(V[i, t], V[j, t]), in double from 0;               \
+     *   dist[i, j] <- ((dist[i, j] / row_max[i]) * lam) + (((T)1 - s / ((T)2 - s)) * one_minus_lam), s as T.      \
+     * `sums`: scratch of g doubles, all zero on entry and left all zero. */                                        \
+    void jaccard_blend_##S(const int64_t *q_indptr, const int64_t *q_indices, const T *q_data, int64_t rows,       \
+                           const int64_t *inv_indptr, const int64_t *inv_indices, const T *inv_data, T *dist,      \
+                           int64_t stride, int64_t g, const T *row_max, T lam, T one_minus_lam, double *sums) {    \
+        const T none = ((T)1 - (T)0 / ((T)2 - (T)0)) * one_minus_lam;                                               \
+        for (int64_t i = 0; i < rows; ++i) {                                                                        \
+            for (int64_t e = q_indptr[i]; e < q_indptr[i + 1]; ++e) {                                               \
+                const int64_t t = q_indices[e];                                                                     \
+                const T v = q_data[e];                                                                              \
+                for (int64_t p = inv_indptr[t]; p < inv_indptr[t + 1]; ++p) {                                       \
+                    const T w = inv_data[p] < v ? inv_data[p] : v;                                                  \
+                    sums[inv_indices[p]] += (double)w;                                                              \
+                }                                                                                                   \
+            }                                                                                                       \
+            T *row = dist + i * stride;                                                                             \
+            const T scale = row_max[i];                                                                             \
+            for (int64_t j = 0; j < g; ++j) {                                                                       \
+                T x = row[j] / scale;                                                                               \
+                x = x * lam;                                                                                        \
+                if (sums[j] != 0.0) {                                                                               \
+                    const T s = (T)sums[j];                                                                         \
+                    x = x + ((T)1 - s / ((T)2 - s)) * one_minus_lam;                                                \
+                    sums[j] = 0.0;                                                                                  \
+                } else {                                                                                            \
+                    x = x + none;                                                                                   \
+                }                                                                                                   \
+                row[j] = x;                                                                                         \
+            }                                                                                                       \
+        }                                                                                                           \
+    }
+
+DEFINE_KERNELS(float, f32)
+DEFINE_KERNELS(double, f64)
