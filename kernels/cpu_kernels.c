@@ -143,7 +143,6 @@
     void jaccard_blend_##S(const int64_t *q_indptr, const int64_t *q_indices, const T *q_data, int64_t rows,       \
                            const int64_t *inv_indptr, const int64_t *inv_indices, const T *inv_data, T *dist,      \
                            int64_t stride, int64_t g, const T *row_max, T lam, T one_minus_lam, double *sums) {    \
-        const T none = ((T)1 - (T)0 / ((T)2 - (T)0)) * one_minus_lam;                                               \
         for (int64_t i = 0; i < rows; ++i) {                                                                        \
             for (int64_t e = q_indptr[i]; e < q_indptr[i + 1]; ++e) {                                               \
                 const int64_t t = q_indices[e];                                                                     \
@@ -155,17 +154,14 @@
             }                                                                                                       \
             T *row = dist + i * stride;                                                                             \
             const T scale = row_max[i];                                                                             \
+            /* Without a branch (so it runs as SIMD): where s = 0 the same expression gives the twin's          \
+             * (1 - 0/2)·(1 - λ) = (1 - λ) exactly. */                                                              \
             for (int64_t j = 0; j < g; ++j) {                                                                       \
+                const T s = (T)sums[j];                                                                             \
                 T x = row[j] / scale;                                                                               \
                 x = x * lam;                                                                                        \
-                if (sums[j] != 0.0) {                                                                               \
-                    const T s = (T)sums[j];                                                                         \
-                    x = x + ((T)1 - s / ((T)2 - s)) * one_minus_lam;                                                \
-                    sums[j] = 0.0;                                                                                  \
-                } else {                                                                                            \
-                    x = x + none;                                                                                   \
-                }                                                                                                   \
-                row[j] = x;                                                                                         \
+                row[j] = x + ((T)1 - s / ((T)2 - s)) * one_minus_lam;                                              \
+                sums[j] = 0.0;                                                                                      \
             }                                                                                                       \
         }                                                                                                           \
     }
