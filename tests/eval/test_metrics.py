@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from xfd.eval import metrics
 from xfd.eval.metrics import RankingAccumulator, average_precision, evaluate_blocks, evaluate_distances
 from xfd.eval.reference import dense_rank_metrics
 
@@ -88,6 +89,23 @@ def test_equals_dense_reference_on_random_problems(dtype, quantised, ap_mode):
     assert got.mAP == pytest.approx(ref["mAP"], abs=1e-12)
     assert got.mINP == pytest.approx(ref["mINP"], abs=1e-12)
     np.testing.assert_allclose(got.cmc, ref["cmc"], atol=1e-12)
+
+
+@pytest.mark.parametrize("group", [1, 40, 1 << 16])  # every row alone (each larger than a group), some, all
+def test_rows_ranked_in_groups_give_the_same_per_query_values(group, monkeypatch):
+    dist, q_pids, q_cams, g_pids, g_cams = _random_problem(9, 50, 400, 20, np.float32, True)
+    ref = dense_rank_metrics(dist, q_pids, g_pids, q_cams, g_cams)
+    monkeypatch.setattr(metrics, "SORT_ENTRIES", group)
+    acc = RankingAccumulator(q_pids, q_cams, g_pids, g_cams)
+    acc.update(np.arange(50), dist)
+    scores = acc.queries()
+    assert scores.metrics().mAP == pytest.approx(ref["mAP"], abs=1e-12)
+    for q in range(50):  # every match's rank, by a full stable sort of the query's non-junk items
+        keep = ~((g_pids == q_pids[q]) & (g_cams == q_cams[q]))
+        ranking = np.flatnonzero(keep)[np.argsort(dist[q, keep], kind="stable")]
+        match = (g_pids[ranking] == q_pids[q])
+        np.testing.assert_array_equal(scores.match_rows[q], ranking[match])
+        np.testing.assert_array_equal(scores.match_ranks[q], np.flatnonzero(match) + 1)
 
 
 def test_blocks_in_any_order_give_the_same_result():

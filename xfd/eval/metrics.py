@@ -10,8 +10,9 @@ Conventions (docs/protocol.md):
 - INP = (number of matches) / (rank of the last match); mINP is its mean over valid queries.
 - CMC[k-1] = fraction of valid queries whose first match ranks at or above k.
 
-Why no full sort: only items at or below a query's farthest match can precede a match, so each query sorts just
-those (found with one vectorised comparison per block) and ranks its matches among the valid ones.
+Why no full sort: only items at or below a query's farthest match can precede a match, so only those are sorted
+(found with one vectorised comparison per block, sorted for the whole block at once) and each query's matches are
+ranked among its valid ones.
 
 Besides the summary (`RankMetrics`) the accumulator keeps per-query values (`QueryScores`: AP, INP, first-match
 rank, every match's gallery row and rank, and the best `top` gallery rows, which the submission and the rank list
@@ -30,7 +31,6 @@ from xfd.eval.validate import check_labels
 
 AP_MODES = ("noninterpolated", "trapezoid")
 DEFAULT_MAX_RANK = 50
-MATCH, JUNK = 1, 2  # item kinds in ranked_matches' scratch array
 
 
 @dataclass(frozen=True)
@@ -91,44 +91,96 @@ class GalleryLabels:
         return same_pid[~same_cam], same_pid[same_cam]
 
 
-def ranked_matches(distances: np.ndarray, matches: np.ndarray, junk: np.ndarray,
-                   candidates: np.ndarray | None = None,
-                   scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(gallery rows of `matches`, their 1-based ranks among non-junk items), best first, in one query's ranking
-    (ascending by distance, then index).
+def ranked_matches(distances: np.ndarray, labels: list[tuple[np.ndarray, np.ndarray]]) -> list:
+    """For each row of a (b, G) distance block with its (matches, junk) gallery indices (ascending): (gallery rows
+    of the matches, their 1-based ranks among non-junk items), best first, in that query's ranking (ascending by
+    distance, then index); None for a row without matches.
 
-    matches, junk: gallery indices. `candidates`: ascending gallery indices of the items with distance <= the
-    farthest match's (computed here if not given); nothing beyond them can precede a match. `scratch`: an all-zero
-    int8 array of length G to reuse (left all-zero again).
+    Only items at or below a row's farthest match can precede one of its matches, so those are found by one
+    comparison over the block; then whole rows at a time, about SORT_ENTRIES candidates together (arrays that stay
+    in cache), are ordered by (row, distance, index) in one sort and ranked by one running count of the non-junk
+    items.
     """
-    if candidates is None:
-        candidates = np.flatnonzero(distances <= distances[matches].max())
-    ordered = order_by_distance(distances[candidates], candidates)
-    kind = np.zeros(distances.shape[0], dtype=np.int8) if scratch is None else scratch
-    kind[junk] = JUNK
-    kind[matches] = MATCH
-    kinds = kind[ordered]
-    kind[junk] = 0
-    kind[matches] = 0
-    valid_position = np.cumsum(kinds != JUNK)  # rank of each item among non-junk items
-    is_match = kinds == MATCH
-    return ordered[is_match].astype(np.int64, copy=False), valid_position[is_match]
+    b, g = distances.shape
+    m_rows, m_cols = _flat_labels([m for m, _ in labels])
+    j_rows, j_cols = _flat_labels([j for _, j in labels])
+    farthest = np.full(b, -np.inf, dtype=distances.dtype)  # rows without matches take no candidates
+    np.maximum.at(farthest, m_rows, distances[m_rows, m_cols])
+    every = np.flatnonzero(distances <= farthest[:, None])  # ascending: every candidate of every row
+    match_keys, junk_keys = m_rows * g + m_cols, j_rows * g + j_cols  # ascending
+    ranked: list = [None] * b
+    for part in _row_groups(np.searchsorted(every, np.arange(1, b + 1) * g), SORT_ENTRIES):
+        flat = every[part]  # ascending
+        is_match = _members(flat, match_keys)
+        is_valid = ~_members(flat, junk_keys)
+        rows = flat // g
+        order = _order_by_row_distance_index(rows, distances.reshape(-1)[flat], flat - rows * g, b, g)
+        flat, rows, count = flat[order], rows[order], np.cumsum(is_valid[order])  # non-junk items so far
+        lo, hi = int(rows[0]), int(rows[-1]) + 1  # the group's rows
+        first = np.searchsorted(rows, np.arange(lo, hi))  # where each row begins (its end if it has none)
+        before = np.where(first > 0, count[np.maximum(first - 1, 0)], 0)  # non-junk items of the rows above
+        at = np.flatnonzero(is_match[order])
+        match_rows = rows[at]
+        ranks = count[at] - before[match_rows - lo]  # rank among its own row's non-junk items
+        cols = flat[at] - match_rows * g
+        bounds = np.searchsorted(match_rows, np.arange(lo, hi + 1))
+        for row in range(lo, hi):
+            if bounds[row - lo + 1] > bounds[row - lo]:
+                ranked[row] = (cols[bounds[row - lo] : bounds[row - lo + 1]], ranks[bounds[row - lo] : bounds[row - lo + 1]])
+    return ranked
 
 
-def order_by_distance(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """`indices` (ascending) reordered by (value, index).
+def _row_groups(ends: np.ndarray, size: int) -> list[slice]:
+    """Slices of whole rows, given where each row's entries end (ascending), each of about `size` entries (one
+    row may exceed it)."""
+    groups, start = [], 0
+    total = int(ends[-1]) if ends.size else 0
+    while start < total:
+        stop = int(ends[np.searchsorted(ends, start + size, side="right") - 1]) if start + size < total else total
+        if stop <= start:  # one row larger than `size`: that row alone
+            stop = int(ends[np.searchsorted(ends, start, side="right")])
+        groups.append(slice(start, stop))
+        start = stop
+    return groups
 
-    float32: one unstable (SIMD) sort of distinct 64-bit keys (order-preserving bits of the value, then the index),
-    several times faster than a stable sort of the values; other dtypes: stable sort.
+
+def _flat_labels(per_row: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(row, gallery index) of every entry of per-row index arrays."""
+    sizes = np.array([a.size for a in per_row], dtype=np.int64)
+    cols = np.concatenate(per_row).astype(np.int64, copy=False) if per_row else np.zeros(0, dtype=np.int64)
+    return np.repeat(np.arange(len(per_row), dtype=np.int64), sizes), cols
+
+
+def _members(entries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """(n,) bool: which of `entries` (ascending, distinct) are among `keys` (ascending)."""
+    out = np.zeros(entries.size, dtype=bool)
+    if keys.size and entries.size:
+        keys = keys[(keys >= entries[0]) & (keys <= entries[-1])]  # those that can be there
+        at = np.searchsorted(entries, keys)
+        out[at[entries[at] == keys]] = True
+    return out
+
+
+def _order_by_row_distance_index(rows: np.ndarray, values: np.ndarray, cols: np.ndarray, b: int,
+                                 g: int) -> np.ndarray:
+    """Positions that sort the entries by (row, value, column).
+
+    float32 when row and column fit 32 bits together: one unstable (SIMD) sort of distinct 64-bit keys (row, then
+    the value's order-preserving bits, then the column), several times faster than a stable multi-key sort; else
+    a lexsort.
     """
-    if values.dtype == np.float32 and (indices.size == 0 or indices[-1] < 2**32):
+    row_bits, col_bits = max(1, int(b - 1).bit_length()), max(1, int(g - 1).bit_length())
+    if values.dtype == np.float32 and row_bits + col_bits <= 32:
         bits = (values + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into +0.0, which compares equal
-        ordered_bits = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
-        return indices[np.argsort((ordered_bits << np.uint64(32)) | indices.astype(np.uint64))]
-    return indices[np.argsort(values, kind="stable")]
+        ordered = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+        keys = ((rows.astype(np.uint64) << np.uint64(32 + col_bits)) | (ordered << np.uint64(col_bits))
+                | cols.astype(np.uint64))
+        return np.argsort(keys)
+    return np.lexsort((cols, values, rows))
 
 
 _NO_ROWS = np.zeros(0, dtype=np.int64)
+SORT_ENTRIES = 1 << 16  # candidates ranked together: arrays that stay in cache (the whole block's did not)
 
 
 @dataclass(frozen=True)
@@ -255,7 +307,6 @@ class RankingAccumulator:
         self._seen = np.zeros(n, dtype=bool)
         self._match_rows: list[np.ndarray] = [_NO_ROWS] * n
         self._match_ranks: list[np.ndarray] = [_NO_ROWS] * n
-        self._scratch = np.zeros(n_gallery, dtype=np.int8)  # match/junk flags, all-zero between queries
 
     @classmethod
     def unlabelled(cls, num_queries: int, num_gallery: int, top: int) -> "RankingAccumulator":
@@ -284,16 +335,10 @@ class RankingAccumulator:
         if self.gallery is None:
             return
         labels = [self.gallery.matches_and_junk(self.q_pids[q], self.q_camids[q]) for q in query_indices]
-        farthest = np.array([distances[r, m].max() if m.size else -np.inf for r, (m, _) in enumerate(labels)])
-        # One pass over the block: every item that could precede some match of its query.
-        flat = np.flatnonzero(distances <= farthest[:, None].astype(distances.dtype))
-        row_bounds = np.searchsorted(flat, np.arange(query_indices.size + 1) * self._n_gallery)
-        for r, q in enumerate(query_indices):
-            matches, junk = labels[r]
-            if matches.size == 0:
+        for q, ranked in zip(query_indices.tolist(), ranked_matches(distances, labels)):
+            if ranked is None:
                 continue
-            candidates = flat[row_bounds[r] : row_bounds[r + 1]] - r * self._n_gallery
-            rows, ranks = ranked_matches(distances[r], matches, junk, candidates, self._scratch)
+            rows, ranks = ranked
             self._ap[q] = average_precision(ranks, self.ap_mode)
             self._inp[q] = ranks.size / ranks[-1]
             self._first_hit[q] = ranks[0]
