@@ -168,3 +168,84 @@
 
 DEFINE_KERNELS(float, f32)
 DEFINE_KERNELS(double, f64)
+
+/* Whether row i is among the first `length` entries of row c of `rank` (rows of `width` entries). */
+static int lists_(const int64_t *rank, int64_t width, int64_t c, int64_t length, int64_t i) {
+    const int64_t *list = rank + c * width;
+    for (int64_t t = 0; t < length; ++t)
+        if (list[t] == i) return 1;
+    return 0;
+}
+
+static void sort_columns(int64_t *a, int64_t n) { /* insertion sort: a row holds tens to hundreds */
+    for (int64_t i = 1; i < n; ++i) {
+        const int64_t x = a[i];
+        int64_t j = i;
+        while (j > 0 && a[j - 1] > x) {
+            a[j] = a[j - 1];
+            --j;
+        }
+        a[j] = x;
+    }
+}
+
+/* mask[(i - first)·length + m] = whether row i is among the first `length` entries of row rank[i, m], for rows
+ * first..last-1 (kernels/reciprocal.py: reciprocal_mask). */
+void reciprocal_mask(const int64_t *rank, int64_t width, int64_t length, int64_t first, int64_t last,
+                     uint8_t *mask) {
+    for (int64_t i = first; i < last; ++i)
+        for (int64_t m = 0; m < length; ++m)
+            mask[(i - first) * length + m] = (uint8_t)lists_(rank, width, rank[i * width + m], length, i);
+}
+
+/* R*(i) of kernels/reciprocal.py for rows first..last-1 of `rank` (rows of `width` entries, the initial
+ * ranking): R(i) = the first `full` (k1 + 1) entries c of row i whose own first `full` entries hold i; for each c
+ * of R(i), R½(c) = the first `half` entries c' of row c with half_mask[c, t] (= whether c' lists c among its first
+ * `half`: `reciprocal_mask` of all rows), added to the set when 3·|R½(c) ∩ R(i)| > 2·|R½(c)|. Row r's columns,
+ * ascending and distinct, go to out[r·capacity ...] and their count to lengths[r] (capacity >= full·(half + 1));
+ * a row without any reciprocal neighbour gets length -1. `marks`: one zero byte per row of `rank`, scratch, left
+ * zero. Returns the number of rows without a reciprocal neighbour. */
+int64_t reciprocal_sets(const int64_t *rank, const uint8_t *half_mask, int64_t width, int64_t full, int64_t half,
+                        int64_t first, int64_t last, int64_t *lengths, int64_t *out, int64_t capacity,
+                        uint8_t *marks) {
+    int64_t lonely = 0;
+    for (int64_t i = first; i < last; ++i) {
+        int64_t *row = out + (i - first) * capacity;
+        int64_t size = 0;
+        for (int64_t m = 0; m < full; ++m) { /* R(i), marked 1 */
+            const int64_t c = rank[i * width + m];
+            if (lists_(rank, width, c, full, i)) {
+                row[size++] = c;
+                marks[c] = 1;
+            }
+        }
+        const int64_t reciprocal = size;
+        if (reciprocal == 0) {
+            lengths[i - first] = -1;
+            ++lonely;
+            continue;
+        }
+        for (int64_t m = 0; m < reciprocal; ++m) {
+            const int64_t c = row[m];
+            const int64_t *members = rank + c * width;
+            const uint8_t *valid = half_mask + c * half;
+            int64_t count = 0, overlap = 0;
+            for (int64_t t = 0; t < half; ++t) {
+                count += valid[t];
+                overlap += valid[t] && marks[members[t]] == 1;
+            }
+            if (3 * overlap > 2 * count) { /* accepted: its members join the set (marked 2 when new) */
+                for (int64_t t = 0; t < half; ++t) {
+                    if (valid[t] && !marks[members[t]]) {
+                        row[size++] = members[t];
+                        marks[members[t]] = 2;
+                    }
+                }
+            }
+        }
+        for (int64_t m = 0; m < size; ++m) marks[row[m]] = 0;
+        sort_columns(row, size);
+        lengths[i - first] = size;
+    }
+    return lonely;
+}

@@ -45,6 +45,12 @@ SIGNATURES = {  # name (without the f32/f64 suffix) -> argument types; every fun
                       _POINTER, None, None, _POINTER),  # None: the dtype's scalar (c_float or c_double)
 }
 
+INDEX_SIGNATURES = {  # functions over index arrays only (no float type): name -> argument types
+    "reciprocal_mask": (_POINTER, _INT64, _INT64, _INT64, _INT64, _POINTER),
+    "reciprocal_sets": (_POINTER, _POINTER, _INT64, _INT64, _INT64, _INT64, _INT64, _POINTER, _POINTER, _INT64,
+                        _POINTER),
+}
+
 
 def compiler() -> str | None:
     """The C compiler to build with: $CC, else cc, else gcc (None when there is none)."""
@@ -103,14 +109,21 @@ def cpu_library() -> ctypes.CDLL | None:
             function = getattr(library, f"{name}_{suffix}")
             function.argtypes = [scalar if kind is None else kind for kind in arguments]
             function.restype = None
+    for name, arguments in INDEX_SIGNATURES.items():
+        getattr(library, name).argtypes = arguments
+    library.reciprocal_mask.restype = None
+    library.reciprocal_sets.restype = _INT64
     return library
 
 
-def kernel(name: str, dtype):
-    """The C function `name` for float32 or float64 arrays, or None (no library, or another dtype)."""
+def kernel(name: str, dtype=None):
+    """The C function `name` for float32 or float64 arrays (dtype None: one over index arrays only), or None (no
+    library, or another dtype)."""
     import numpy as np
 
     library = cpu_library()
+    if dtype is None:
+        return None if library is None else getattr(library, name)
     suffix = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}.get(np.dtype(dtype))
     if library is None or suffix is None:
         return None

@@ -9,7 +9,9 @@ lower index, the row itself normally first), K >= k1 + 1.
   The strict float test count > 2/3·size is evaluated as 3·count > 2·size, which is the same for every integer
   size (2/3·size rounds to the exact value whenever 2·size/3 is an integer).
 
-Everything is vectorised over blocks of rows, with O(rows·k1²) temporaries, on NumPy or CuPy.
+Everything is vectorised over blocks of rows, with O(rows·k1²) temporaries, on NumPy or CuPy; on the CPU the C kernel
+`reciprocal_sets` (cpu_kernels.c, see `xfd.kernels.cpu_source`) builds the same sets one row at a time where it
+is built.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import threading
 import numpy as np
 
 from .backend import array_module
+from .cpu_source import address, kernel
 from .csr import SparseRows, concatenate_rows, from_lengths
 from .workers import even_chunks, run_all
 
@@ -63,14 +66,13 @@ def expanded_reciprocal_sets(rank, k1: int, chunk_rows: int | None = None, rows:
         raise ValueError(f"rank holds {rank.shape[1]} neighbours per row; k1 = {k1} needs {full}")
     if xp is not np:
         workers = 1
+    elif kernel("reciprocal_sets") is not None:
+        return _sets_in_c(rank, k1, first, last, chunk_rows or ROWS_PER_CHUNK, workers)
     mutual = reciprocal_mask(rank, full, rows=(first, last), workers=workers)  # (r, k1+1)
     half_mutual = reciprocal_mask(rank, half, workers=workers)  # (N, h): R½(c) for any neighbour c
     lonely = xp.flatnonzero(~mutual.any(axis=1))
     if lonely.size:
-        raise ValueError(
-            f"row {first + int(lonely[0])} (and {lonely.size - 1} more) has no k-reciprocal neighbour: it is not "
-            f"among its own {full} nearest rows, which takes more than k1 = {k1} exact duplicates of it; re-ranking "
-            "is undefined there (deduplicate the features or raise k1)")
+        _refuse_lonely(first + int(lonely[0]), int(lonely.size), k1)
     # Marks: one row of N+1 flags per row of a chunk; column N is the padding slot and always reads False.
     budget = MARK_BYTES["numpy" if xp is np else "cupy"]
     chunk_rows = chunk_rows or max(1, min(ROWS_PER_CHUNK, budget // (n + 1)))
@@ -86,6 +88,48 @@ def expanded_reciprocal_sets(rank, k1: int, chunk_rows: int | None = None, rows:
                              local.marks)
 
     return concatenate_rows(run_all(chunk, even_chunks(first, last, workers, chunk_rows), workers), xp)
+
+
+def _refuse_lonely(row: int, count: int, k1: int) -> None:
+    raise ValueError(
+        f"row {row} (and {count - 1} more) has no k-reciprocal neighbour: it is not among its own {k1 + 1} nearest "
+        f"rows, which takes more than k1 = {k1} exact duplicates of it; re-ranking is undefined there (deduplicate "
+        "the features or raise k1)")
+
+
+def _sets_in_c(rank: np.ndarray, k1: int, first: int, last: int, chunk_rows: int, workers: int) -> SparseRows:
+    """`expanded_reciprocal_sets` by the C kernel `reciprocal_sets` (cpu_kernels.c), one row at a time: the same
+    sets, without the (rows, k1 + 1, h) arrays of the NumPy twin."""
+    rank = np.ascontiguousarray(rank, dtype=np.int64)
+    n, width = rank.shape
+    full, half = k1 + 1, half_length(k1)
+    capacity = full * (half + 1)  # R(i) and every accepted R½(c), at most
+    half_mask = np.empty((n, half), dtype=np.uint8)  # R½(c) membership, for any neighbour c
+
+    def mask_chunk(bounds: tuple[int, int]) -> None:
+        start, stop = bounds
+        kernel("reciprocal_mask")(address(rank), width, half, start, stop, address(half_mask[start:stop]))
+
+    run_all(mask_chunk, even_chunks(0, n, workers, ROWS_PER_CHUNK), workers)
+    local = threading.local()
+
+    def chunk(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        start, stop = bounds
+        if getattr(local, "marks", None) is None:
+            local.marks = np.zeros(n, dtype=np.uint8)  # left all zero by the kernel
+        lengths = np.empty(stop - start, dtype=np.int64)
+        out = np.empty((stop - start, capacity), dtype=np.int64)
+        kernel("reciprocal_sets")(address(rank), address(half_mask), width, full, half, start, stop,
+                                  address(lengths), address(out), capacity, address(local.marks))
+        return lengths, out
+
+    parts = run_all(chunk, even_chunks(first, last, workers, chunk_rows), workers)
+    lengths = np.concatenate([p[0] for p in parts])
+    lonely = np.flatnonzero(lengths < 0)
+    if lonely.size:
+        _refuse_lonely(first + int(lonely[0]), int(lonely.size), k1)
+    indices = np.concatenate([out[np.arange(capacity) < counts[:, None]] for counts, out in parts])
+    return from_lengths(lengths, indices)
 
 
 def _expand_chunk(rank, half_lists, mutual, half_mutual, start: int, stop: int, marks) -> SparseRows:

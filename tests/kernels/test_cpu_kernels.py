@@ -19,16 +19,6 @@ from xfd.kernels.topk import PackedTopK, TopKState, working_state
 from xfd.kernels.vmatrix import inverted_index
 
 
-@pytest.fixture
-def numpy_only(monkeypatch):
-    """The NumPy twins only, as on a machine without a C compiler (the library is looked up again afterwards)."""
-    monkeypatch.setenv(cpu_source.CHOICE_VARIABLE, "numpy")
-    cpu_library.cache_clear()
-    yield
-    monkeypatch.delenv(cpu_source.CHOICE_VARIABLE)
-    cpu_library.cache_clear()
-
-
 def test_the_library_builds_here():
     assert cpu_library() is not None, "the C kernels did not build: a C compiler (cc, gcc or $CC) is needed"
 

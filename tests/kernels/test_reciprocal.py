@@ -43,18 +43,22 @@ def test_reciprocal_mask_matches_definition():
 
 
 @pytest.mark.parametrize("k1", [4, 5, 7, 10])
-def test_expanded_sets_match_set_implementation(k1):
+def test_expanded_sets_match_set_implementation(k1, cpu_kernels):
     rank = _rank_lists(150, k1 + 3, 1)
-    sets = expanded_reciprocal_sets(rank, k1, chunk_rows=16)
+    sets = expanded_reciprocal_sets(rank, k1, chunk_rows=16, workers=2)
     for i in range(150):
         got = sets.indices[sets.indptr[i] : sets.indptr[i + 1]].tolist()
         assert got == _expanded_set(rank, i, k1)
     assert (sets.row_lengths() > sets.row_lengths().min()).any()  # expansion really happened somewhere
+    part = expanded_reciprocal_sets(rank, k1, rows=(37, 101))  # a rank's share: the same rows
+    whole = sets.rows(37, 101)
+    np.testing.assert_array_equal(part.indptr, whole.indptr)
+    np.testing.assert_array_equal(part.indices, whole.indices)
 
 
-def test_row_without_reciprocal_neighbour_is_an_error():
+def test_row_without_reciprocal_neighbour_is_an_error(cpu_kernels):
     rank = np.array([[0, 1, 2], [1, 0, 2], [0, 1, 2]])  # no first-2 list contains row 2
-    with pytest.raises(ValueError, match="row 2 .*no k-reciprocal neighbour"):
+    with pytest.raises(ValueError, match=r"row 2 \(and 0 more\) has no k-reciprocal neighbour"):
         expanded_reciprocal_sets(rank, 1)
 
 

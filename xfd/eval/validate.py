@@ -24,15 +24,22 @@ def check_features(name: str, features, normalize: bool = False) -> np.ndarray:
         raise ValueError(f"{name} must hold floating-point features, got dtype {x.dtype}")
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float32)  # float16 and friends: compute in float32
-    bad_rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    # One pass without a temporary array: a row's sum of squares is finite unless the row holds a NaN or an inf
+    # (or a value so large its square overflows); only such rows are looked at element by element.
+    squares = np.einsum("ij,ij->i", x, x)  # (n,)
+    suspects = np.flatnonzero(~np.isfinite(squares))
+    bad_rows = suspects[~np.isfinite(x[suspects]).all(axis=1)]
     if bad_rows.size:
         raise ValueError(f"{name} has NaN or inf in {bad_rows.size} row(s), first at row {int(bad_rows[0])}")
-    norms = np.linalg.norm(x, axis=1)
     if normalize:
+        norms = np.linalg.norm(x, axis=1)
         zero = np.flatnonzero(norms == 0)
         if zero.size:
             raise ValueError(f"{name} row {int(zero[0])} is all zeros and cannot be L2-normalised")
         return np.ascontiguousarray(x / norms[:, None].astype(x.dtype))
+    norms = np.sqrt(squares.astype(np.float64))
+    if suspects.size:  # finite rows whose squares overflowed: their norms, without overflow
+        norms[suspects] = np.linalg.norm(x[suspects].astype(np.float64), axis=1)
     off = np.abs(norms - 1.0)
     worst = int(np.argmax(off))
     if off[worst] > NORM_TOLERANCE:
