@@ -20,6 +20,18 @@
 
 #define LANES 16 /* elements tested together before any branch: the compiler turns these loops into SIMD */
 
+static void sort_columns(int64_t *a, int64_t n) { /* insertion sort: a row holds tens to hundreds */
+    for (int64_t i = 1; i < n; ++i) {
+        const int64_t x = a[i];
+        int64_t j = i;
+        while (j > 0 && a[j - 1] > x) {
+            a[j] = a[j - 1];
+            --j;
+        }
+        a[j] = x;
+    }
+}
+
 #define DEFINE_KERNELS(T, S)                                                                                        \
                                                                                                                     \
     static int precedes_##S(T value_a, int64_t index_a, T value_b, int64_t index_b) {                               \
@@ -164,6 +176,41 @@
                 sums[j] = 0.0;                                                                                      \
             }                                                                                                       \
         }                                                                                                           \
+    }                                                                                                               \
+                                                                                                                    \
+    /* Local query expansion (kernels/vmatrix.py): V_qe[i] = (sum of the V rows of rank[i, :k2], taken in          \
+     * ascending row order, each column summed in double from 0) / k2, rounded to T, columns ascending; rows      \
+     * first..last-1 written one after the other to out_indices / out_data (room for the sum of the neighbours'    \
+     * row lengths), each row's count to lengths[r]. `sums`: n zero doubles and `touched`: n int64, scratch (sums  \
+     * left zero). */                                                                                               \
+    void query_expansion_##S(const int64_t *indptr, const int64_t *indices, const T *data, const int64_t *rank,   \
+                             int64_t width, int64_t k2, int64_t first, int64_t last, int64_t *out_indices,        \
+                             T *out_data, int64_t *lengths, double *sums, int64_t *touched) {                     \
+        int64_t neighbours[64];                                                                                     \
+        int64_t written = 0;                                                                                        \
+        for (int64_t i = first; i < last; ++i) {                                                                    \
+            for (int64_t t = 0; t < k2; ++t) neighbours[t] = rank[i * width + t];                                   \
+            sort_columns(neighbours, k2);                                                                           \
+            int64_t count = 0;                                                                                      \
+            for (int64_t t = 0; t < k2; ++t) {                                                                      \
+                const int64_t j = neighbours[t];                                                                    \
+                for (int64_t e = indptr[j]; e < indptr[j + 1]; ++e) {                                              \
+                    const int64_t column = indices[e];                                                              \
+                    if (sums[column] == 0.0) touched[count++] = column;                                             \
+                    sums[column] += (double)data[e];                                                                \
+                }                                                                                                   \
+            }                                                                                                       \
+            sort_columns(touched, count);                                                                           \
+            int64_t *row_indices = out_indices + written;                                                           \
+            T *row_data = out_data + written;                                                                       \
+            written += count;                                                                                       \
+            for (int64_t e = 0; e < count; ++e) {                                                                   \
+                row_indices[e] = touched[e];                                                                        \
+                row_data[e] = (T)(sums[touched[e]] / (double)k2);                                                   \
+                sums[touched[e]] = 0.0;                                                                             \
+            }                                                                                                       \
+            lengths[i - first] = count;                                                                             \
+        }                                                                                                           \
     }
 
 DEFINE_KERNELS(float, f32)
@@ -175,18 +222,6 @@ static int lists_(const int64_t *rank, int64_t width, int64_t c, int64_t length,
     for (int64_t t = 0; t < length; ++t)
         if (list[t] == i) return 1;
     return 0;
-}
-
-static void sort_columns(int64_t *a, int64_t n) { /* insertion sort: a row holds tens to hundreds */
-    for (int64_t i = 1; i < n; ++i) {
-        const int64_t x = a[i];
-        int64_t j = i;
-        while (j > 0 && a[j - 1] > x) {
-            a[j] = a[j - 1];
-            --j;
-        }
-        a[j] = x;
-    }
 }
 
 /* mask[(i - first)·length + m] = whether row i is among the first `length` entries of row rank[i, m], for rows

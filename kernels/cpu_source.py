@@ -43,6 +43,8 @@ SIGNATURES = {  # name (without the f32/f64 suffix) -> argument types; every fun
                       _POINTER),
     "jaccard_blend": (_POINTER, _POINTER, _POINTER, _INT64, _POINTER, _POINTER, _POINTER, _POINTER, _INT64, _INT64,
                       _POINTER, None, None, _POINTER),  # None: the dtype's scalar (c_float or c_double)
+    "query_expansion": (_POINTER, _POINTER, _POINTER, _POINTER, _INT64, _INT64, _INT64, _INT64, _POINTER, _POINTER,
+                        _POINTER, _POINTER, _POINTER),
 }
 
 INDEX_SIGNATURES = {  # functions over index arrays only (no float type): name -> argument types

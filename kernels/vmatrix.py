@@ -12,10 +12,13 @@ features by the same expression as the blocked distances.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .backend import array_module, sparse_module, stable_argsort
-from .csr import SparseRows, concatenate_rows
+from .cpu_source import address, kernel
+from .csr import SparseRows, concatenate_rows, from_lengths
 from .distance import pair_distances
 from .graph import NeighbourLists
 from .workers import even_chunks, run_all
@@ -76,6 +79,8 @@ def local_query_expansion(v: SparseRows, rank, k2: int, chunk_rows: int = 4096,
     if k2 == 1:
         return v if (first, last) == (0, v.n_rows) else v.rows(first, last)
     xp = array_module(rank)
+    if xp is np and k2 <= MAX_K2_IN_C and kernel("query_expansion", v.data.dtype) is not None:
+        return _query_expansion_in_c(v, rank, k2, first, last, chunk_rows, workers)
     sparse = sparse_module(xp)
     n = v.n_rows
     v_matrix = sparse.csr_matrix((v.data.astype(xp.float64), v.indices, v.indptr), shape=(n, n))
@@ -92,6 +97,37 @@ def local_query_expansion(v: SparseRows, rank, k2: int, chunk_rows: int = 4096,
                           (sums.data / k2).astype(v.data.dtype))
 
     return concatenate_rows(run_all(chunk, even_chunks(first, last, workers, chunk_rows), workers), xp)
+
+
+MAX_K2_IN_C = 64  # neighbours the C kernel sorts on its stack
+
+
+def _query_expansion_in_c(v: SparseRows, rank, k2: int, first: int, last: int, chunk_rows: int,
+                          workers: int) -> SparseRows:
+    """`local_query_expansion` by the C kernel `query_expansion_*` (cpu_kernels.c): the same sums in the same
+    order, one row at a time into a dense row of float64, without building the sparse product."""
+    run = kernel("query_expansion", v.data.dtype)
+    rank = np.ascontiguousarray(rank, dtype=np.int64)
+    indptr, indices = np.ascontiguousarray(v.indptr, dtype=np.int64), np.ascontiguousarray(v.indices, dtype=np.int64)
+    data = np.ascontiguousarray(v.data)
+    lengths = v.row_lengths()
+    n = v.n_rows
+    local = threading.local()
+
+    def chunk(bounds: tuple[int, int]) -> SparseRows:
+        start, stop = bounds
+        if getattr(local, "sums", None) is None:
+            local.sums, local.touched = np.zeros(n, dtype=np.float64), np.empty(n, dtype=np.int64)
+        capacity = int(lengths[rank[start:stop, :k2]].sum())  # at most the neighbours' entries
+        out_indices = np.empty(capacity, dtype=np.int64)
+        out_data = np.empty(capacity, dtype=data.dtype)
+        counts = np.empty(stop - start, dtype=np.int64)
+        run(address(indptr), address(indices), address(data), address(rank), rank.shape[1], k2, start, stop,
+            address(out_indices), address(out_data), address(counts), address(local.sums), address(local.touched))
+        total = int(counts.sum())
+        return from_lengths(counts, out_indices[:total], out_data[:total])
+
+    return concatenate_rows(run_all(chunk, even_chunks(first, last, workers, chunk_rows), workers), np)
 
 
 def inverted_index(v: SparseRows, first_row: int, n_cols: int) -> SparseRows:

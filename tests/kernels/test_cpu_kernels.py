@@ -16,7 +16,7 @@ from xfd.kernels.distance import finish_dots, finish_dots_with_maxima, squared_n
 from xfd.kernels.graph import knn_graph
 from xfd.kernels.jaccard import blend_pairs, jaccard_blend, shared_pairs
 from xfd.kernels.topk import PackedTopK, TopKState, working_state
-from xfd.kernels.vmatrix import inverted_index
+from xfd.kernels.vmatrix import inverted_index, local_query_expansion
 
 
 def test_the_library_builds_here():
@@ -68,6 +68,24 @@ def test_jaccard_blend_equals_shared_pairs_and_blend_pairs(dtype):
         wide[:, :g] = dist[start:stop]
         got = jaccard_blend(rows, inverted, wide[:, :g], row_max[start:stop], 0.28)
         assert np.ascontiguousarray(got).tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_query_expansion_equals_the_sparse_product(dtype, monkeypatch):
+    n = 300
+    v = _v_rows(n, n, 17, 6, dtype)
+    rank = np.stack([np.random.default_rng(i).permutation(n)[:9] for i in range(n)])  # distinct, unsorted
+    with_c = local_query_expansion(v, rank, 6, chunk_rows=32, rows=(11, 250), workers=2)
+    monkeypatch.setenv(cpu_source.CHOICE_VARIABLE, "numpy")
+    cpu_library.cache_clear()
+    try:
+        without = local_query_expansion(v, rank, 6, chunk_rows=32, rows=(11, 250), workers=2)
+    finally:
+        monkeypatch.delenv(cpu_source.CHOICE_VARIABLE)
+        cpu_library.cache_clear()
+    assert with_c.indptr.tobytes() == without.indptr.tobytes()
+    assert with_c.indices.tobytes() == without.indices.tobytes()
+    assert with_c.data.dtype == without.data.dtype == dtype and with_c.data.tobytes() == without.data.tobytes()
 
 
 def test_graph_pass_is_the_same_with_and_without_the_c_kernels(monkeypatch):

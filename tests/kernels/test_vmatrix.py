@@ -32,12 +32,12 @@ def test_weights_are_normalised_gaussians_of_column_max_scaled_distances():
     np.testing.assert_allclose(v.to_dense(x.shape[0]), dense, rtol=1e-12, atol=1e-15)
 
 
-def test_local_query_expansion_is_mean_of_neighbour_rows():
+def test_local_query_expansion_is_mean_of_neighbour_rows(cpu_kernels):
     x = _features(90, 5, 2)
     graph = knn_graph(x, 11, block_size=40)
     sets = expanded_reciprocal_sets(graph.indices, 6)
     v = reciprocal_weights(sets, graph, x, squared_norms(x))
-    v_qe = local_query_expansion(v, graph.indices, 4, chunk_rows=13)
+    v_qe = local_query_expansion(v, graph.indices, 4, chunk_rows=13, workers=2)
     dense_v = v.to_dense(90)
     expected = np.stack([dense_v[graph.indices[i, :4]].mean(axis=0) for i in range(90)])
     np.testing.assert_allclose(v_qe.to_dense(90), expected, rtol=1e-12, atol=1e-15)
