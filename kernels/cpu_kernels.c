@@ -17,6 +17,7 @@
 
 #include <math.h> /* INFINITY only: nothing here calls the math library */
 #include <stdint.h>
+#include <stdlib.h>
 
 #define LANES 16 /* elements tested together before any branch: the compiler turns these loops into SIMD */
 
@@ -51,6 +52,48 @@ static void sort_columns(int64_t *a, int64_t n) { /* insertion sort: a row holds
             indices[at] = index;                                                                                    \
         }                                                                                                           \
         return values[k - 1];                                                                                       \
+    }                                                                                                               \
+                                                                                                                    \
+    /* An upper bound on the k-th smallest of n values (at x[0], x[step], ...; n >= k): the largest of the minima \
+     * of k disjoint segments, k distinct values at or below it. A row that is not full yet is bounded by it before \
+     * its candidates are inserted, so that only about the smallest few percent are (not every value that beats a \
+     * still loose k-th). */                                                                                        \
+    static T segment_bound_##S(const T *x, int64_t n, int64_t step, int64_t k) {                                   \
+        T bound = -(T)INFINITY;                                                                                     \
+        for (int64_t s = 0; s < k; ++s) {                                                                           \
+            const int64_t lo = s * n / k, hi = (s + 1) * n / k;                                                     \
+            T low = x[lo * step];                                                                                   \
+            for (int64_t j = lo + 1; j < hi; ++j) low = x[j * step] < low ? x[j * step] : low;                      \
+            bound = low > bound ? low : bound;                                                                      \
+        }                                                                                                           \
+        return bound;                                                                                               \
+    }                                                                                                               \
+                                                                                                                    \
+    /* `segment_bound` of every column of a block whose state row (state_start + j) is not full yet, folded into   \
+     * thresholds[j]: the segments' minima for all columns at once, row by row (SIMD across columns). */           \
+    static void bound_open_columns_##S(const T *block, int64_t rows, int64_t cols, int64_t stride,                \
+                                       const T *values, int64_t k, int64_t state_start, T *thresholds) {           \
+        int64_t open = 0;                                                                                           \
+        for (int64_t j = 0; j < cols; ++j) open += values[(state_start + j) * k + k - 1] == (T)INFINITY;            \
+        if (open == 0 || rows < k) return;                                                                          \
+        T *low = (T *)malloc((size_t)cols * sizeof(T));                                                             \
+        T *bound = (T *)malloc((size_t)cols * sizeof(T));                                                           \
+        if (!low || !bound) { free(low); free(bound); return; } /* no bound: slower, the same result */            \
+        for (int64_t j = 0; j < cols; ++j) bound[j] = -(T)INFINITY;                                                 \
+        for (int64_t s = 0; s < k; ++s) {                                                                           \
+            const int64_t lo = s * rows / k, hi = (s + 1) * rows / k;                                               \
+            for (int64_t j = 0; j < cols; ++j) low[j] = block[lo * stride + j];                                     \
+            for (int64_t i = lo + 1; i < hi; ++i) {                                                                 \
+                const T *row = block + i * stride;                                                                  \
+                for (int64_t j = 0; j < cols; ++j) low[j] = row[j] < low[j] ? row[j] : low[j];                      \
+            }                                                                                                       \
+            for (int64_t j = 0; j < cols; ++j) bound[j] = low[j] > bound[j] ? low[j] : bound[j];                    \
+        }                                                                                                           \
+        for (int64_t j = 0; j < cols; ++j)                                                                          \
+            if (values[(state_start + j) * k + k - 1] == (T)INFINITY && bound[j] < thresholds[j])                   \
+                thresholds[j] = bound[j];                                                                           \
+        free(low);                                                                                                  \
+        free(bound);                                                                                                \
     }                                                                                                               \
                                                                                                                     \
     /* Distances from dot products, in place: ((dot * -2) + row_sq[i]) + col_sq[j] (squared Euclidean) or         \
@@ -102,6 +145,10 @@ static void sort_columns(int64_t *a, int64_t n) { /* insertion sort: a row holds
             int64_t *kept_index = indices + (row_start + i) * k;                                                    \
             const T limit = bound ? bound[row_start + i] : (T)INFINITY;                                             \
             T threshold = kept[k - 1] < limit ? kept[k - 1] : limit;                                                \
+            if (kept[k - 1] == (T)INFINITY && cols >= k) { /* a row not full yet: bound it first */                 \
+                const T first = segment_bound_##S(row, cols, 1, k);                                                 \
+                threshold = first < threshold ? first : threshold;                                                  \
+            }                                                                                                       \
             for (int64_t j0 = 0; j0 < cols; j0 += LANES) {                                                          \
                 const int64_t j1 = j0 + LANES < cols ? j0 + LANES : cols;                                           \
                 int any = 0;                                                                                        \
@@ -128,6 +175,7 @@ static void sort_columns(int64_t *a, int64_t n) { /* insertion sort: a row holds
             const T limit = bound ? bound[state_start + j] : (T)INFINITY;                                           \
             thresholds[j] = kth < limit ? kth : limit;                                                              \
         }                                                                                                           \
+        bound_open_columns_##S(block, rows, cols, stride, values, k, state_start, thresholds);                      \
         for (int64_t i = 0; i < rows; ++i) {                                                                        \
             const T *row = block + i * stride;                                                                      \
             for (int64_t j0 = 0; j0 < cols; j0 += LANES) {                                                          \
