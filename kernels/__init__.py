@@ -14,5 +14,7 @@ Modules (each written once over an array module `xp`, NumPy or CuPy, unless it s
 - jaccard:    min-intersection over inverted-index candidates (CUDA kernel in jaccard.cu, NumPy twin) and the
               final blend.
 - csr, cuda_source: sparse-row container and segment helpers; NVRTC compilation of the .cu sources.
+- cpu_source: the C versions of the CPU hot loops (cpu_kernels.c: tile epilogue with maxima, top-k merges, R*,
+              query expansion, Jaccard blend), compiled on first use and cached; the NumPy twins run without them.
 - workers:    CPU worker threads, each with a single-threaded BLAS (NumPy side only).
 """
