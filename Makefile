@@ -33,7 +33,7 @@ test: $(VENV)/.installed
 test-quick: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# The quick benchmarks; bench/rerank.py (about 12 minutes on 2 quiet cores: N = 20k against the GEMM floor and the dense form, N = 200k on 1 and 2 ranks) runs alone.
+# The quick benchmarks; bench/rerank.py (about 13 minutes on 2 quiet cores: N = 20k against the GEMM floor and the dense form, N = 200k on 1 and 2 ranks) runs alone.
 bench: $(VENV)/.installed
 	$(PY) bench/shard.py
 	$(PY) bench/synth.py

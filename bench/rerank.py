@@ -1,7 +1,7 @@
 """Benchmark: exact k-reciprocal re-ranking into the metrics — torchreid-style dense form, xfd on 1 rank, xfd on R
 ranks and the GEMM floor side by side, with predicted against measured peak memory.
 
-    python bench/rerank.py                  # everything below, in one run (about 12 minutes on 2 quiet cores)
+    python bench/rerank.py                  # everything below, in one run (about 13 minutes on 2 quiet cores)
     python bench/rerank.py --only floor     # N = 20k, d = 1024 (q = 2k): xfd vs the GEMM floor, 3 difficulties
     python bench/rerank.py --only dense     # N = 20k, d = 256: xfd vs the dense form (about 9 GB, 1-2 minutes)
     python bench/rerank.py --only large     # N = 200k, d = 1024 (q = 10k): 1 rank and R ranks
