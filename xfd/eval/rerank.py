@@ -297,7 +297,9 @@ def _blend_blocks(index: RerankIndex, lam: float, to_host: bool, progress: bool,
         return np.arange(start, stop), (to_numpy(final) if to_host else final)
 
     with _blas_for(device, workers):
-        results = run_ordered(block, blocks, workers)
+        # `workers` blocks in flight keep every worker busy while the consumer reads the one before them; more
+        # would only hold memory (a block is up to 256 rows of the gallery)
+        results = run_ordered(block, blocks, workers, ahead=max(1, workers - 1))
         for _ in tqdm(blocks, desc="re-rank: query blocks", unit="block", disable=not progress, leave=False):
             clock = time.perf_counter()
             item = next(results)

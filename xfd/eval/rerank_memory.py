@@ -114,7 +114,8 @@ def plan(q: int, g: int, d: int, k1: int, k2: int, dtype, ranks: int = 1, worker
     b = blend_block or blend_rows(g, s)
     tile = min(graph_block, n)
     state = n * listed * (s + 8)
-    in_flight = 0 if keep else (2 * workers + 1) * b * g * s  # kept: blocks are views of the kept distances
+    # `workers` blocks computed or waiting, and the one the consumer holds (kept: views of the kept distances)
+    in_flight = 0 if keep else (workers + 1) * b * g * s
     phases = {
         "graph": state + workers * (tile * tile * s + tile * listed * 3 * 8),
         "sparse": (ranks * own * listed * (s + 8) if ranks > 1 else state) + n * listed * 8 + own * sets * 8
